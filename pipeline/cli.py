@@ -1,0 +1,308 @@
+"""The ``rsvae`` command line: each command parses options, calls one library function, reports.
+
+Options left unset fall back to the ``--config`` file's section for the step, then to the schema's defaults.
+User errors print one line (``Error: FILE: problem``) and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from pipeline import __version__
+from pipeline.errors import RsvaeError, RsvaeWarning
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class RsvaeGroup(click.Group):
+    """A click group that turns RsvaeErrors into one-line messages and a non-zero exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except RsvaeError as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no partial output was left.", err=True)
+            ctx.exit(130)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    prefix = "Warning" if issubclass(category, RsvaeWarning) else category.__name__
+    click.echo(f"{prefix}: {message}", err=True)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Unwind like Ctrl-C so every context manager removes its temporary files.
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def pixel_bar(total: int, quiet: bool, desc: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar over pixels, shown only on a terminal and never with --quiet."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="px", unit_scale=True, desc=desc, disable=quiet or not sys.stderr.isatty(),
+              leave=False) as bar:
+        yield bar.update
+
+
+def common(func: Callable) -> Callable:
+    """--config and --quiet, shared by every command."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="YAML config (same file as the workflow's); command-line options override it.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def settings(config_path: str | None, name: str, **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The step's settings (config section + overrides, validated) and the whole config."""
+    from pipeline.config import load_config, section
+
+    config = load_config(config_path)
+    return section(config, name, overrides), config
+
+
+def say(quiet: bool, text: str) -> None:
+    if not quiet:
+        click.echo(text, err=True)
+
+
+@click.group(cls=RsvaeGroup, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="rsvae")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """rsvae: find anomalies in multispectral and hyperspectral GeoTIFFs with a variational autoencoder.
+
+    \b
+    A typical run, one step at a time:
+      rsvae synth demo/ --seed 0
+      rsvae ingest demo/normal/*.tif -o work/sample.nc --seed 0
+      rsvae train work/sample.nc -o work/model --seed 0
+      rsvae score work/model demo/test/tile_000.tif -o work/scores/tile_000.tif \\
+          --mask-out work/masks/tile_000.tif --fpr 0.001
+
+    Run `rsvae COMMAND --help` for each command's options.
+    """
+    warnings.showwarning = _show_warning
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, help="Random seed; the same seed gives the same files.  [default: 0]")
+@click.option("--bands", type=int, help="Number of spectral bands.  [default: 64]")
+@click.option("--size", type=int, help="Tile width and height in pixels.  [default: 256]")
+@click.option("--tiles-normal", type=int, help="Tiles of normal ground (for training).  [default: 4]")
+@click.option("--tiles-test", type=int, help="Test tiles with implanted anomalies.  [default: 2]")
+@click.option("--dtype", type=click.Choice(["float32", "uint16"]), help="Pixel type.  [default: float32]")
+@common
+def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Write a georeferenced demo data set to OUTDIR.
+
+    \b
+    OUTDIR/normal/normal_NNN.tif   tiles of normal ground
+    OUTDIR/test/tile_NNN.tif       tiles with implanted anomalies
+    OUTDIR/truth/tile_NNN.tif      uint8 truth (1 = anomaly), same grid
+
+    \b
+    Example:
+      rsvae synth demo/ --seed 0 --bands 64 --size 256
+    """
+    from pipeline.synth import make_demo
+
+    s, _ = settings(config_path, "synth", **opts)
+    s.pop("outdir")
+    layout = make_demo(outdir, **s)
+    say(quiet, f"wrote {len(layout.normal)} normal, {len(layout.test)} test and {len(layout.truth)} truth "
+               f"tiles to {outdir}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("tiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sample file to write (.nc).")
+@click.option("--max-pixels", type=int, help="Most pixels in the sample, shared fairly across tiles.  [default: 200000]")
+@click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
+@click.option("--partial", is_flag=True,
+              help="Write one tile's partial sample, for `rsvae merge` (the workflow's per-tile ingest jobs).")
+@common
+def ingest(tiles: tuple[str, ...], output: str, partial: bool, config_path: str | None, quiet: bool,
+           **opts: Any) -> None:
+    """Sample valid pixels of normal TILES into a sample file, with band statistics over all valid pixels.
+
+    \b
+    Examples:
+      rsvae ingest demo/normal/*.tif -o work/sample.nc --seed 0
+      rsvae ingest demo/normal/normal_000.tif --partial -o work/parts/normal_000.nc
+    """
+    from pipeline import sample
+    from pipeline.raster import describe
+
+    s, _ = settings(config_path, "ingest", **opts)
+    if partial:
+        if len(tiles) != 1:
+            raise click.UsageError("--partial takes exactly one tile")
+    total = sum(describe(t).width * describe(t).height for t in tiles)
+    with pixel_bar(total, quiet, "ingest") as bar:
+        if partial:
+            sample.write_sample(sample.sample_tile(tiles[0], s["max_pixels"], s["seed"], bar), output)
+        else:
+            sample.ingest(tiles, output, max_pixels=s["max_pixels"], seed=s["seed"], progress=bar)
+    say(quiet, f"wrote {output}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("parts", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sample file to write (.nc).")
+@click.option("--max-pixels", type=int, help="Most pixels in the merged sample.  [default: 200000]")
+@common
+def merge(parts: tuple[str, ...], output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Merge partial samples (from `rsvae ingest --partial`) into one sample file.
+
+    The result equals `rsvae ingest` over the same tiles with the same seed.
+
+    \b
+    Example:
+      rsvae merge work/parts/*.nc -o work/sample.nc
+    """
+    from pipeline import sample
+
+    s, _ = settings(config_path, "ingest", max_pixels=opts["max_pixels"])
+    merged = sample.merge_samples([sample.open_sample_dataset(p) for p in parts], s["max_pixels"])
+    sample.write_sample(merged, output)
+    say(quiet, f"wrote {output} ({merged.sizes['sample']} pixels from {len(parts)} tiles)")
+
+
+def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, e.g. 64,32; got {value!r}") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("sample_file", metavar="SAMPLE", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model folder to write.")
+@click.option("--method", type=click.Choice(["vae", "rx", "lrx"]), help="Detector.  [default: vae]")
+@click.option("--preset", type=click.Choice(["default", "seed"]),
+              help="Named architecture; 'seed' is the textbook VAE (hidden 32, latent 32, BCE).")
+@click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 64]")
+@click.option("--latent", type=int, help="Latent dimensions.  [default: 8]")
+@click.option("--beta", type=float, help="Weight of the KL term.  [default: 1.0]")
+@click.option("--reconstruction", type=click.Choice(["gaussian", "bce", "mse"]),
+              help="Reconstruction term.  [default: gaussian]")
+@click.option("--epochs", type=int, help="Most training epochs.  [default: 50]")
+@click.option("--batch-size", type=int, help="Pixels per optimiser step.  [default: 256]")
+@click.option("--lr", type=float, help="Adam learning rate.  [default: 0.001]")
+@click.option("--val-fraction", type=float, help="Held-out share of the sample.  [default: 0.1]")
+@click.option("--patience", type=int, help="Epochs without improvement before stopping (0 = never).  [default: 10]")
+@click.option("--seed", type=int, help="Random seed (weights, shuffling, split).  [default: 0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
+@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 0]")
+@common
+def train(sample_file: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Train a detector on a SAMPLE file and save it as a model folder.
+
+    The folder holds weights.safetensors and model.json: architecture, bands, normalisation, training history,
+    held-out score quantiles (for --fpr) and versions. Loading it never executes code.
+
+    \b
+    Examples:
+      rsvae train work/sample.nc -o work/model --seed 0
+      rsvae train work/sample.nc -o work/model-seed --preset seed
+      rsvae train work/sample.nc -o work/rx --method rx
+    """
+    from tqdm import tqdm
+
+    from pipeline.training import train as train_model
+
+    s, config = settings(config_path, "train", **opts)
+    with tqdm(total=s["epochs"], unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
+              leave=False) as bar:
+        def progress(rec: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(train=f"{rec['train_loss']:.4g}", val=f"{rec['val_loss']:.4g}")
+
+        det = train_model(sample_file, output, s, progress, config)
+    t = det.meta.get("training", {})
+    extra = f" in {t['epochs_run']} epochs ({t['seconds']:.1f} s), best val epoch {t['best_epoch']}" if t else ""
+    say(quiet, f"wrote {output}: {det.kind} on {det.bands} bands{extra}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("tile", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Score raster to write (float32 COG; bands score, reconstruction, kl).")
+@click.option("--mask-out", type=click.Path(dir_okay=False), help="Also write a uint8 anomaly mask (needs --fpr).")
+@click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
+@click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
+@click.option("--seed", type=int, help="Seed of the posterior samples.  [default: 0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to score.  [default: cpu]")
+@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
+@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@common
+def score(model: str, tile: str, output: str, mask_out: str | None, config_path: str | None, quiet: bool,
+          **opts: Any) -> None:
+    """Score every valid pixel of TILE with MODEL into a georeferenced float32 GeoTIFF.
+
+    Nodata, NaN and masked pixels are nodata in the output. With --mask-out and --fpr, pixels scoring above
+    the threshold at which a fraction FPR of held-out normal pixels would be flagged are 1 in the mask.
+
+    \b
+    Example:
+      rsvae score work/model demo/test/tile_000.tif -o work/scores/tile_000.tif \\
+          --mask-out work/masks/tile_000.tif --fpr 0.001
+    """
+    from pipeline.detectors import load_detector
+    from pipeline.raster import describe
+    from pipeline.scoring import score_raster
+
+    s, _ = settings(config_path, "score", **opts)
+    _set_threads(s["threads"])
+    det = load_detector(model, s["device"])
+    info = describe(tile)
+    with pixel_bar(info.width * info.height, quiet, "score") as bar:
+        summary = score_raster(det, tile, output, mask_out=mask_out,
+                               fpr=s["fpr"] if mask_out else None,
+                               samples=s["samples"], seed=s["seed"], chunk=s["chunk"], progress=bar)
+    msg = f"wrote {output}: {summary.valid_pixels} of {summary.pixels} pixels scored in {summary.seconds:.1f} s"
+    if summary.flagged is not None:
+        msg += f"; {summary.flagged} flagged above {summary.threshold:.4g} (fpr {s['fpr']})"
+    say(quiet, msg)
+
+
+def _set_threads(threads: int) -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    cli(prog_name="rsvae")
+
+
+if __name__ == "__main__":
+    main()

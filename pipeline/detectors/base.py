@@ -1,0 +1,177 @@
+"""The one detector contract, and the model folder format every detector is saved in.
+
+A detector is fitted on pixels (n, bands), scores pixels into a dict of per-pixel arrays whose first entry is
+``score`` (higher = more anomalous), and saves to / loads from a folder holding ``weights.safetensors`` (tensors
+only) and ``model.json`` (everything else). Loading never unpickles: safetensors and JSON hold no code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pipeline import __version__
+from pipeline.errors import InputError, ModelError, OutputError
+
+MODEL_FORMAT = "rsvae-model/1"
+WEIGHTS = "weights.safetensors"
+META = "model.json"
+
+#: Quantile levels of held-out normal scores kept for thresholds: dense in the body, log-spaced in the tail.
+CALIBRATION_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.99, 100), 1.0 - np.logspace(-2, -6, 41), [1.0]]))
+
+
+class Detector(ABC):
+    """Fit on normal pixels, score any pixels; ``score`` is the first and main output band."""
+
+    kind: ClassVar[str]
+    #: Names of the per-pixel arrays ``score`` returns, in output-band order.
+    outputs: ClassVar[tuple[str, ...]] = ("score",)
+
+    band_names: list[str]
+    meta: dict[str, Any]
+
+    @property
+    def bands(self) -> int:
+        return len(self.band_names)
+
+    @abstractmethod
+    def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-pixel outputs for ``pixels`` (n, bands): a dict of float32 arrays (n,), keys as ``outputs``."""
+
+    def decision_function(self, pixels: np.ndarray) -> np.ndarray:
+        """Anomaly scores (n,), higher = more anomalous (the pyod convention)."""
+        return self.score(pixels)["score"]
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The arrays to save in ``weights.safetensors``."""
+
+    def save(self, folder: str | Path) -> Path:
+        """Save to ``folder`` atomically (a complete folder or the earlier one, never a half-written one)."""
+        meta = dict(self.meta, format=MODEL_FORMAT, detector=self.kind, bands=self.bands,
+                    band_names=self.band_names, versions=versions())
+        return write_model_folder(folder, meta, self.tensors())
+
+    def check_bands(self, count: int, source: str) -> None:
+        """Raise InputError when data with ``count`` bands cannot be scored by this model."""
+        if count != self.bands:
+            raise InputError(f"{source}: has {count} bands but the model was trained on {self.bands}")
+
+    # ---- thresholds from held-out normal scores
+    def calibrate(self, scores: np.ndarray) -> None:
+        """Keep quantiles of held-out normal pixels' scores, for thresholds by false-alarm rate."""
+        scores = np.asarray(scores, np.float64)
+        self.meta["calibration"] = {
+            "levels": CALIBRATION_LEVELS.tolist(),
+            "values": np.quantile(scores, CALIBRATION_LEVELS).tolist(),
+            "n": int(scores.size),
+        }
+
+    def threshold(self, fpr: float) -> float:
+        """The score above which a fraction ``fpr`` of held-out normal pixels would be flagged."""
+        cal = self.meta.get("calibration")
+        if not cal:
+            raise ModelError("model has no calibration of held-out scores; retrain it to use --fpr")
+        if not 0 < fpr < 1:
+            raise ValueError(f"fpr must be in (0, 1), not {fpr}")
+        return float(np.interp(1.0 - fpr, cal["levels"], cal["values"]))
+
+
+def versions() -> dict[str, str]:
+    """Versions of what made a model, recorded for reproducibility."""
+    import platform
+
+    import rasterio
+
+    return {"rsvae": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "python": platform.python_version()}
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in model.json")
+
+
+def write_model_folder(folder: str | Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``model.json`` and ``weights.safetensors`` to a temporary folder, then swap it into place."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False)
+        (tmp / META).write_text(text + "\n")
+        if folder.is_file():
+            raise OutputError(f"{folder}: exists and is a file, not a model folder")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write model ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and check a model folder's JSON and tensors; nothing in it can execute code."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ModelError(f"{folder}: model folder not found")
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: not a model folder (expected a folder with {META} and {WEIGHTS})")
+    for name in (META, WEIGHTS):
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder}: missing {name}; not a complete rsvae model folder")
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{folder / META}: corrupted model description ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{folder / META}: not an rsvae model (format {got!r}, expected {MODEL_FORMAT!r})")
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{folder / WEIGHTS}: corrupted or not a safetensors file ({exc})") from None
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelError(f"{folder / WEIGHTS}: tensor {key!r} holds NaN or inf")
+    bands = meta.get("bands")
+    if not isinstance(bands, int) or bands < 1 or len(meta.get("band_names", [])) != bands:
+        raise ModelError(f"{folder / META}: band count and band names disagree")
+    return meta, tensors
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a whole file (model files and samples are small enough to hash in full)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def finite_or_none(x: float) -> float | None:
+    """A float for JSON: None where not finite (JSON has no NaN)."""
+    return float(x) if math.isfinite(x) else None

@@ -1,0 +1,301 @@
+"""The variational autoencoder detector: model, loss, training loop, scoring.
+
+Encoder (MLP) -> mean and log-variance of q(z|x); reparameterisation; decoder (MLP) -> reconstruction.
+Training minimises reconstruction + beta * KL(q(z|x) || N(0, I)) on normal pixels; a pixel's anomaly score is the
+same quantity evaluated at the posterior mean, so pixels the model cannot explain score high.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.detectors.base import Detector
+from pipeline.errors import ConfigError, ModelError
+
+#: Named architectures. ``seed`` is the textbook model: 64 inputs, one hidden layer of 32, latent 32, BCE + KL.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed": {"hidden": [32], "latent": 32, "reconstruction": "bce", "beta": 1.0},
+}
+RECONSTRUCTIONS = ("gaussian", "bce", "mse")
+#: log-variance is clamped to this range so exp() neither overflows nor vanishes on wild inputs.
+LOGVAR_RANGE = (-30.0, 20.0)
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+class VAE(nn.Module):
+    """An MLP VAE over band vectors."""
+
+    def __init__(self, bands: int, hidden: list[int], latent: int, sigmoid_output: bool = False):
+        super().__init__()
+        enc: list[nn.Module] = []
+        width = bands
+        for h in hidden:
+            enc += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.encoder = nn.Sequential(*enc)
+        self.mu = nn.Linear(width, latent)
+        self.logvar = nn.Linear(width, latent)
+        dec: list[nn.Module] = []
+        width = latent
+        for h in reversed(hidden):
+            dec += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        dec.append(nn.Linear(width, bands))
+        if sigmoid_output:
+            dec.append(nn.Sigmoid())
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.mu(h), self.logvar(h).clamp(*LOGVAR_RANGE)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+
+def reconstruction_term(x: torch.Tensor, xhat: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-pixel reconstruction loss: Gaussian NLL (unit variance, up to a constant), BCE, or MSE."""
+    if kind == "gaussian":
+        return 0.5 * (x - xhat).pow(2).sum(dim=1)
+    if kind == "mse":
+        return (x - xhat).pow(2).mean(dim=1)
+    if kind == "bce":
+        return nn.functional.binary_cross_entropy(xhat.clamp(1e-6, 1 - 1e-6), x, reduction="none").sum(dim=1)
+    raise ValueError(f"unknown reconstruction term {kind!r}")
+
+
+def kl_term(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-pixel KL(q(z|x) || N(0, I))."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+class VAEDetector(Detector):
+    """A fitted VAE with its input normalisation, training record and score calibration."""
+
+    kind: ClassVar[str] = "vae"
+    outputs: ClassVar[tuple[str, ...]] = ("score", "reconstruction", "kl")
+
+    def __init__(self, module: VAE, band_names: list[str], offset: np.ndarray, scale: np.ndarray,
+                 meta: dict[str, Any], device: torch.device | None = None):
+        self.module = module.eval()
+        self.band_names = list(band_names)
+        self.offset = np.asarray(offset, np.float64)
+        self.scale = np.asarray(scale, np.float64)
+        self.meta = meta
+        self.device = device or torch.device("cpu")
+        self.module.to(self.device)
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return self.meta["architecture"]
+
+    @property
+    def beta(self) -> float:
+        return float(self.architecture["beta"])
+
+    # ---- normalisation
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """Input units -> model units (standardised, or [0, 1] for BCE), float32."""
+        x = (np.asarray(pixels, np.float64) - self.offset) / self.scale
+        if self.architecture["reconstruction"] == "bce":
+            x = np.clip(x, 0.0, 1.0)
+        return np.clip(x, -F32_MAX, F32_MAX).astype(np.float32)
+
+    def denormalise(self, x: np.ndarray) -> np.ndarray:
+        """Model units -> input units."""
+        return np.asarray(x, np.float64) * self.scale + self.offset
+
+    # ---- fitting
+    @classmethod
+    def fit(cls, pixels: np.ndarray, band_names: list[str], stats: Any, settings: dict[str, Any],
+            progress: Callable[[dict[str, float]], None] | None = None) -> VAEDetector:
+        """Train on normal ``pixels`` (n, bands) with band statistics ``stats`` (for normalisation).
+
+        ``settings`` is the config's ``train`` section; a ``preset`` there overrides the architecture keys.
+        """
+        s = dict(settings)
+        if s.get("preset"):
+            s.update(PRESETS[s["preset"]])
+        if s["reconstruction"] not in RECONSTRUCTIONS:
+            raise ConfigError(f"train.reconstruction: unknown term {s['reconstruction']!r}")
+        n, bands = pixels.shape
+        if n < 10:
+            raise ConfigError(f"only {n} training pixels; a VAE needs more (check the sample's tiles and nodata)")
+        if s["threads"]:
+            torch.set_num_threads(int(s["threads"]))
+        device = resolve_device(s["device"])
+        offset, scale = _normalisation(stats, s["reconstruction"])
+        meta: dict[str, Any] = {
+            "architecture": {"hidden": list(s["hidden"]), "latent": int(s["latent"]), "beta": float(s["beta"]),
+                             "reconstruction": s["reconstruction"]},
+        }
+        torch.manual_seed(s["seed"])
+        module = VAE(bands, list(s["hidden"]), int(s["latent"]), sigmoid_output=s["reconstruction"] == "bce")
+        det = cls(module, band_names, offset, scale, meta, device)
+        x = torch.from_numpy(det.normalise(pixels))
+        gen = torch.Generator().manual_seed(s["seed"])
+        perm = torch.randperm(n, generator=gen)
+        n_val = max(1, int(round(n * s["val_fraction"])))
+        x_val, x_train = x[perm[:n_val]].to(device), x[perm[n_val:]].to(device)
+        history, best_epoch, seconds = det._train(x_train, x_val, s, gen, progress)
+        det.calibrate(det.score_tensor(x_val)["score"])
+        meta["training"] = {
+            "history": history, "best_epoch": best_epoch, "epochs_run": len(history),
+            "stopped_early": len(history) < s["epochs"], "seconds": round(seconds, 3),
+            "n_train": int(x_train.shape[0]), "n_val": int(n_val), "device": str(device),
+        }
+        meta["settings"] = s
+        return det
+
+    def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
+               progress: Callable[[dict[str, float]], None] | None) -> tuple[list[dict[str, float]], int, float]:
+        m, kind, beta = self.module, s["reconstruction"], float(s["beta"])
+        opt = torch.optim.Adam(m.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+        bs = int(s["batch_size"])
+        history: list[dict[str, float]] = []
+        best, best_state, best_epoch, stale = math.inf, copy.deepcopy(m.state_dict()), 0, 0
+        t0 = time.perf_counter()
+        for epoch in range(1, s["epochs"] + 1):
+            m.train()
+            order = torch.randperm(x_train.shape[0], generator=gen).to(x_train.device)
+            total = 0.0
+            for i in range(0, x_train.shape[0], bs):
+                xb = x_train[order[i:i + bs]]
+                xhat, mu, logvar = m(xb)
+                loss = (reconstruction_term(xb, xhat, kind) + beta * kl_term(mu, logvar)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * xb.shape[0]
+            m.eval()
+            with torch.inference_mode():
+                xhat, mu, logvar = m(x_val)
+                val = float((reconstruction_term(x_val, xhat, kind) + beta * kl_term(mu, logvar)).mean())
+            rec = {"epoch": epoch, "train_loss": total / x_train.shape[0], "val_loss": val,
+                   "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            if progress:
+                progress(rec)
+            if not math.isfinite(rec["train_loss"]):
+                raise ConfigError("training diverged (loss is not finite): lower train.lr or check the input")
+            if best - val > 1e-6 * abs(val):
+                best, best_state, best_epoch, stale = val, copy.deepcopy(m.state_dict()), epoch, 0
+            else:
+                stale += 1
+                if s["patience"] and stale >= s["patience"]:
+                    break
+        m.load_state_dict(best_state)
+        m.eval()
+        return history, best_epoch, time.perf_counter() - t0
+
+    # ---- scoring
+    def score(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
+              chunk: int = 65536) -> dict[str, np.ndarray]:
+        """Per-pixel ``score`` = reconstruction + beta * KL, and the two terms, for ``pixels`` (n, bands).
+
+        The KL term is at the posterior; the reconstruction term at the posterior mean, or averaged over
+        ``samples`` posterior draws (seeded) when ``samples`` > 1.
+        """
+        self.check_bands(pixels.shape[1], "input")
+        out = {k: np.empty(pixels.shape[0], np.float32) for k in self.outputs}
+        gen = torch.Generator(device=self.device).manual_seed(seed) if samples > 1 else None
+        for i in range(0, pixels.shape[0], chunk):
+            x = torch.from_numpy(self.normalise(pixels[i:i + chunk])).to(self.device)
+            terms = self.score_tensor(x, samples, gen)
+            for k in self.outputs:
+                out[k][i:i + chunk] = terms[k]
+        return out
+
+    def score_tensor(self, x: torch.Tensor, samples: int = 1,
+                     gen: torch.Generator | None = None) -> dict[str, np.ndarray]:
+        """Score normalised pixels already on the model's device."""
+        kind = self.architecture["reconstruction"]
+        with torch.inference_mode():
+            mu, logvar = self.module.encode(x)
+            if samples <= 1:
+                rec = reconstruction_term(x, self.module.decode(mu), kind)
+            else:
+                std = torch.exp(0.5 * logvar)
+                rec = torch.zeros(x.shape[0], device=x.device)
+                for _ in range(samples):
+                    eps = torch.randn(mu.shape, generator=gen, device=mu.device)
+                    rec += reconstruction_term(x, self.module.decode(mu + eps * std), kind)
+                rec /= samples
+            kl = kl_term(mu, logvar)
+            score = rec + self.beta * kl
+        return {k: np.nan_to_num(v.float().cpu().numpy(), nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
+                for k, v in (("score", score), ("reconstruction", rec), ("kl", kl))}
+
+    # ---- generative side
+    def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and log-variance (n, latent) of ``pixels`` (n, bands) in input units."""
+        self.check_bands(pixels.shape[1], "input")
+        with torch.inference_mode():
+            mu, logvar = self.module.encode(torch.from_numpy(self.normalise(pixels)).to(self.device))
+        return mu.cpu().numpy(), logvar.cpu().numpy()
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Decode latent vectors (n, latent) into spectra (n, bands) in input units."""
+        with torch.inference_mode():
+            x = self.module.decode(torch.as_tensor(np.asarray(z, np.float32), device=self.device))
+        return self.denormalise(x.cpu().numpy())
+
+    # ---- persistence
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        t["normalisation.offset"] = torch.from_numpy(self.offset)
+        t["normalisation.scale"] = torch.from_numpy(self.scale)
+        return t
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str,
+                   device: str = "cpu") -> VAEDetector:
+        """Rebuild from a model folder's contents, checking the weights fit the described architecture."""
+        try:
+            arch = meta["architecture"]
+            module = VAE(meta["bands"], list(arch["hidden"]), int(arch["latent"]),
+                         sigmoid_output=arch["reconstruction"] == "bce")
+            state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+            module.load_state_dict(state, strict=True)
+            offset = tensors["normalisation.offset"].numpy()
+            scale = tensors["normalisation.scale"].numpy()
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            msg = str(exc).strip().splitlines()[0][:200]
+            raise ModelError(f"{where}: weights do not match model.json ({type(exc).__name__}: {msg})") from None
+        if offset.shape != (meta["bands"],) or scale.shape != (meta["bands"],) or (scale <= 0).any():
+            raise ModelError(f"{where}: bad normalisation arrays")
+        return cls(module, meta["band_names"], offset, scale, meta, resolve_device(device))
+
+
+def _normalisation(stats: Any, reconstruction: str) -> tuple[np.ndarray, np.ndarray]:
+    """Offset and scale per band: standardisation, or min-max to [0, 1] for BCE; constant bands get scale 1."""
+    if reconstruction == "bce":
+        offset, scale = np.asarray(stats.min, np.float64), np.asarray(stats.max - stats.min, np.float64)
+    else:
+        offset, scale = np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
+    tiny = 1e-12 * np.maximum(np.abs(offset), 1.0)
+    scale = np.where(np.isfinite(scale) & (scale > tiny), scale, 1.0)
+    return offset, scale
