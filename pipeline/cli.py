@@ -210,7 +210,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--reconstruction", type=click.Choice(["gaussian", "bce", "mse"]),
               help="Reconstruction term.  [default: gaussian]")
 @click.option("--epochs", type=int, help="Most training epochs.  [default: 50]")
-@click.option("--batch-size", type=int, help="Pixels per optimiser step.  [default: 256]")
+@click.option("--batch-size", type=int, help="Pixels per optimiser step.  [default: 1024]")
 @click.option("--lr", type=float, help="Adam learning rate.  [default: 0.001]")
 @click.option("--val-fraction", type=float, help="Held-out share of the sample.  [default: 0.1]")
 @click.option("--patience", type=int, help="Epochs without improvement before stopping (0 = never).  [default: 10]")
