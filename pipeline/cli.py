@@ -290,6 +290,33 @@ def score(model: str, tile: str, output: str, mask_out: str | None, config_path:
     say(quiet, msg)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path())
+@click.argument("truth", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Metrics JSON to write.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Folder for PNG plots (ROC, quicklook, histogram).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def evaluate(scores: str, truth: str, output: str | None, plots: str | None, quiet: bool) -> None:
+    """Compare a score raster with a truth raster (1 = anomaly) on the same grid.
+
+    Reports pixel ROC AUC, average precision, detection rate at false-alarm rates 1e-3 and 1e-2, the best-F1
+    threshold and background suppression; invalid (nodata) pixels are left out.
+
+    \b
+    Example:
+      rsvae evaluate work/scores/tile_000.tif demo/truth/tile_000.tif -o work/metrics/tile_000.json --plots work/plots
+    """
+    from pipeline.evaluate import evaluate as run
+
+    m = run(scores, truth, output, plots)
+    if output is None:
+        import json
+
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "plots"}, indent=2))
+    say(quiet, f"ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
+               f"detection at 1e-3 false alarms {m['detection_rate_at_far_0.001']:.3f}")
+
+
 def _set_threads(threads: int) -> None:
     import os
 

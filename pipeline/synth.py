@@ -110,7 +110,7 @@ def implant(rng: np.random.Generator, img: np.ndarray, target: np.ndarray, n: in
     margin = NODATA_STRIP + 4
     for i in range(n):
         side = 1 if i % 3 == 0 else int(rng.integers(1, 4))
-        frac = float(rng.uniform(0.4, 0.8)) if i % 3 == 0 else 1.0  # every third target is sub-pixel
+        frac = float(rng.uniform(0.15, 0.5)) if i % 3 == 0 else 1.0  # every third target is sub-pixel
         r = int(rng.integers(4, h - side - 4))
         c = int(rng.integers(margin, w - side - 4))
         sl = (slice(None), slice(r, r + side), slice(c, c + side))
