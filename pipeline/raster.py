@@ -327,3 +327,29 @@ def writer_like(info: RasterInfo, path: str | Path, count: int, dtype: str = "fl
         path, width=info.width, height=info.height, count=count, dtype=dtype, crs=info.crs,
         transform=info.transform if info.georeferenced else None, nodata=nodata, **kwargs,
     )
+
+
+# --------------------------------------------------------------------------------------------- single pixels
+
+def pixel_index(info: RasterInfo, x: float, y: float) -> tuple[int, int]:
+    """The (row, col) of the pixel holding map point (x, y), by the raster's transform; InputError when outside."""
+    if not info.georeferenced:
+        raise InputError(f"{info.path}: has no georeference, so map coordinates cannot be placed; use row,col")
+    from rasterio.transform import array_bounds, rowcol
+
+    row, col = (int(v) for v in rowcol(info.transform, x, y, op=math.floor))
+    if not (0 <= row < info.height and 0 <= col < info.width):
+        west, south, east, north = array_bounds(info.height, info.width, info.transform)
+        raise InputError(f"{info.path}: point ({x:.12g}, {y:.12g}) lies outside the raster "
+                         f"(x {west:.12g} to {east:.12g}, y {south:.12g} to {north:.12g})")
+    return row, col
+
+
+def read_pixel(path: str | Path, row: int, col: int) -> tuple[np.ndarray, bool]:
+    """One pixel's values (bands,) in the file's dtype and whether it is valid; InputError when outside."""
+    with open_raster(path) as ds:
+        if not (0 <= row < ds.height and 0 <= col < ds.width):
+            raise InputError(f"{path}: pixel (row {row}, col {col}) lies outside the raster "
+                             f"({ds.height} rows x {ds.width} cols, counted from 0)")
+        data, valid = WindowReader(ds).read(Window(col, row, 1, 1))
+    return data[:, 0, 0], bool(valid[0, 0])
