@@ -193,6 +193,13 @@ def test_train_unreadable_sample(case, sample_file, demo, tmp_path, out_dir):
     fails_cleanly(["train", sample, "-o", out, "--epochs", "1"], out, sample, says)
 
 
+def test_debug_shows_the_traceback(model_dir, tmp_path):
+    from pipeline.errors import InputError
+
+    result = rsvae("--debug", "score", model_dir, tmp_path / "missing.tif", "-o", tmp_path / "s.tif")
+    assert isinstance(result.exception, InputError) and "missing.tif: file not found" in str(result.exception)
+
+
 # --------------------------------------------------------------------------------------------- tiles that do not fit
 
 
