@@ -448,16 +448,28 @@ CONFIG_CASES = {
     "negative size elsewhere": ("synth:\n  size: -5\n", "synth.size", "minimum"),
     "not a mapping": ("- a\n- b\n", "config", "mapping"),
     "not YAML": ("train: {epochs: [1\n", "config", "YAML"),
+    "binary": (bytes(range(128, 256)) * 3, "config", "not a YAML text file"),
+    "python tag with a payload": ("train:\n  epochs: !!python/object/apply:os.mkdir [MARKER]\n", "config", "YAML"),
 }
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES)
 def test_bad_config_names_the_key(case, sample_file, tmp_path, out_dir):
-    text, key, says = CONFIG_CASES[case]
+    content, key, says = CONFIG_CASES[case]
     config = tmp_path / "config.yaml"
-    config.write_text(text)
+    marker = tmp_path / "executed"
+    if isinstance(content, bytes):
+        config.write_bytes(content)
+    else:
+        config.write_text(content.replace("MARKER", str(marker)))
+    if "MARKER" in str(content):  # the payload is live: an unsafe YAML loader does run it
+        import yaml
+
+        yaml.unsafe_load(content.replace("MARKER", str(tmp_path / "probe")))
+        assert (tmp_path / "probe").exists()
     out = out_dir / "model"
     fails_cleanly(["train", sample_file, "-o", out, "--config", config], out, config, key, says, code=2)
+    assert not marker.exists()
 
 
 def test_missing_config_file(sample_file, tmp_path, out_dir):
