@@ -274,6 +274,7 @@ class RasterWriter:
         self._tmp = _temp_path(self.path, ".tmp.tif")
         self._cog = _temp_path(self.path, ".cog.tif")
         self._ds = None
+        TEMPORARIES.update((self._tmp, self._cog))
 
     def __enter__(self) -> RasterWriter:
         try:
@@ -281,19 +282,28 @@ class RasterWriter:
             if not os.access(self.path.parent, os.W_OK):
                 raise PermissionError(f"folder {self.path.parent} is not writable")
             self._ds = rasterio.open(self._tmp, "w", **self.profile)
+            if self.descriptions:
+                for i, d in enumerate(self.descriptions, start=1):
+                    self._ds.set_band_description(i, d)
+            if self.band_tags:
+                for i, t in enumerate(self.band_tags, start=1):
+                    self._ds.update_tags(i, **{k: str(v) for k, v in t.items()})
+            if self.tags:
+                self._ds.update_tags(**self.tags)
         except (OSError, *GDAL_ERRORS) as exc:
             note = _disk_note(self.path.parent)
-            self._cleanup()
+            self._abort()
             raise OutputError(f"{self.path}: cannot write output ({_gdal_message(exc)}){note}") from None
-        if self.descriptions:
-            for i, d in enumerate(self.descriptions, start=1):
-                self._ds.set_band_description(i, d)
-        if self.band_tags:
-            for i, t in enumerate(self.band_tags, start=1):
-                self._ds.update_tags(i, **{k: str(v) for k, v in t.items()})
-        if self.tags:
-            self._ds.update_tags(**self.tags)
+        except BaseException:  # Ctrl-C / SIGTERM after the file was made: __exit__ will not run
+            self._abort()
+            raise
         return self
+
+    def _abort(self) -> None:
+        if self._ds is not None:
+            with contextlib.suppress(Exception):
+                self._ds.close()
+        self._cleanup()
 
     def write(self, array: np.ndarray, window: Window | None = None) -> None:
         """Write a (bands, rows, cols) block at ``window`` (the whole raster when None)."""
@@ -324,10 +334,21 @@ class RasterWriter:
         os.replace(self._cog, self.path)
 
     def _cleanup(self) -> None:
-        for p in (self._tmp, self._cog):
-            for q in (p, p.with_name(p.name + ".aux.xml")):
-                with contextlib.suppress(OSError):  # absent, or a read-only folder where nothing was made
-                    q.unlink()
+        remove_temporaries((self._tmp, self._cog))
+
+
+#: Temporary files of this process's writers not yet removed or renamed into place. The CLI removes what is
+#: left when interrupted: a signal can land where no writer's own cleanup runs (entering or leaving it).
+TEMPORARIES: set[Path] = set()
+
+
+def remove_temporaries(paths: Sequence[Path] | None = None) -> None:
+    """Delete temporaries (``paths``, or all of ``TEMPORARIES``) and their GDAL side files; never an output."""
+    for p in list(TEMPORARIES if paths is None else paths):
+        for q in (p, p.with_name(p.name + ".aux.xml")):
+            with contextlib.suppress(OSError):  # absent, or a read-only folder where nothing was made
+                q.unlink()
+        TEMPORARIES.discard(p)
 
 
 def make_parent(path: Path) -> None:

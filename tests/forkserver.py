@@ -34,10 +34,23 @@ torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 assert len(os.listdir("/proc/self/task")) == 1, "the fork server must not start threads before forking"
 
 
+def _resolve(target: str) -> tuple[object, str]:
+    """``"os.rename"`` -> (os, "rename"); ``"rasterio.io.DatasetWriter.write"`` -> (DatasetWriter, "write")."""
+    parts = target.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:n]))
+        except ImportError:
+            continue
+        for name in parts[n:-1]:
+            owner = getattr(owner, name)
+        return owner, parts[-1]
+    raise ValueError(f"cannot resolve {target!r}")
+
+
 def _install_hook(hook: dict) -> None:
-    module_name, _, attr = hook["target"].rpartition(".")
-    module = importlib.import_module(module_name)
-    real = getattr(module, attr)
+    owner, attr = _resolve(hook["target"])
+    real = getattr(owner, attr)
     calls = {"n": 0}
 
     @functools.wraps(real)
@@ -51,7 +64,7 @@ def _install_hook(hook: dict) -> None:
             os.kill(os.getpid(), hook["signal"])
         return result
 
-    setattr(module, attr, wrapper)
+    setattr(owner, attr, wrapper)
 
 
 def _child(cmd: dict) -> None:

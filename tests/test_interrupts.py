@@ -202,23 +202,32 @@ def test_score_killed_mid_write(sig, server, model_dir, big_tile, score_referenc
         assert snapshot(folder) == before  # temporaries removed too
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_score_killed_just_before_the_rename(sig, server, model_dir, demo, score_reference, tmp_path):
-    """The last moment before the finished file replaces the earlier one: the earlier one must still be there."""
+SCORE_POINTS = {
+    # exact points of the writer where a signal lands (the outside kills above land wherever they happen to)
+    "entering the writer": {"target": "rasterio.io.DatasetWriter.set_band_description", "call": 1,
+                            "when": "after"},
+    "first block": {"target": "rasterio.io.DatasetWriter.write", "call": 1, "when": "before"},
+    "just before the rename": {"target": "os.replace", "call": 1, "when": "before"},
+}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize("point", SCORE_POINTS)
+def test_score_interrupted_at_exact_points(point, sig, server, model_dir, demo, score_reference, tmp_path):
     folder = tmp_path / "scores"
     folder.mkdir()
     out = folder / "t.tif"
     shutil.copy(score_reference["earlier"], out)
     (folder / "t_mask.tif").write_bytes(b"earlier mask")
     before = snapshot(folder)
-    hook = {"target": "os.replace", "call": 1, "signal": int(sig), "when": "before"}
+    hook = dict(SCORE_POINTS[point], signal=int(sig))
     child = server.start("score", model_dir, demo.test[0], "-o", out, "--mask-out", folder / "t_mask.tif",
                          "--fpr", "0.01", cwd=tmp_path, hook=hook)
     check_interrupted(server.wait(child), sig, child)
     assert out.read_bytes() == before["t.tif"]
     assert (folder / "t_mask.tif").read_bytes() == b"earlier mask"
-    if sig == signal.SIGTERM:
-        assert snapshot(folder) == before
+    if sig != signal.SIGKILL:
+        assert snapshot(folder) == before  # no temporary left, whichever point the signal hit
 
 
 # --------------------------------------------------------------------------------------------- train
