@@ -305,9 +305,10 @@ def score(model: str, tile: str, output: str, mask_out: str | None, config_path:
           --mask-out work/masks/tile_000.tif --fpr 0.001
     """
     from pipeline.detectors import load_detector
-    from pipeline.raster import describe
+    from pipeline.raster import check_distinct, describe
     from pipeline.scoring import score_raster
 
+    check_distinct(tile, [output, mask_out])
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])

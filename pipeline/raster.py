@@ -351,6 +351,18 @@ def remove_temporaries(paths: Sequence[Path] | None = None) -> None:
         TEMPORARIES.discard(p)
 
 
+def check_distinct(source: str | Path, outputs: Sequence[str | Path | None]) -> None:
+    """Refuse outputs that are the input or each other: the rename would replace the input or a sibling."""
+    seen = {Path(source).resolve(): "the input"}
+    for out in outputs:
+        if out is None:
+            continue
+        key = Path(out).resolve()
+        if key in seen:
+            raise OutputError(f"{out}: is also {seen[key]}; choose another output path")
+        seen[key] = "another output"
+
+
 def make_parent(path: Path) -> None:
     """Create the folder of ``path`` and its parents; a file in the way is an error that names it."""
     try:

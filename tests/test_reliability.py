@@ -218,6 +218,19 @@ def test_crs_differs(model_dir, demo, tmp_path, out_dir):
     fails_cleanly(["score", model_dir, tile, "-o", out], out, tile, "CRS", "EPSG:4326", "EPSG:32632")
 
 
+@pytest.mark.parametrize("other", ["bands", "crs"])
+def test_ingest_tiles_that_do_not_match(other, demo, tmp_path, out_dir):
+    data, _ = read(demo.normal[0])
+    if other == "bands":
+        odd = write_tif(tmp_path / "odd.tif", data[:5], nodata=-9999.0)
+        says = ("5 bands", "16")
+    else:
+        odd = write_tif(tmp_path / "odd.tif", data, nodata=-9999.0, crs="EPSG:32633")
+        says = ("CRS",)
+    out = out_dir / "s.nc"
+    fails_cleanly(["ingest", demo.normal[0], odd, "-o", out], out, odd, *says)
+
+
 @pytest.mark.parametrize("transform", [None, from_origin(100.0, 200.0, 2.0, 2.0)], ids=["no-transform", "transform"])
 def test_no_crs_is_scored_with_a_warning(transform, model_dir, demo, tmp_path, out_dir):
     data, src = read(demo.test[0])
@@ -551,6 +564,25 @@ def test_output_parent_is_a_file(command, model_dir, sample_file, demo, tmp_path
             "train": ["train", sample_file, "-o", out, "--epochs", "1"]}[command]
     assert_one_line_error(rsvae(*args), out, f"{blocker} is a file, not a folder")
     assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_output_is_the_input(model_dir, demo, tmp_path):
+    tile = tmp_path / "tile.tif"
+    shutil.copy(demo.test[0], tile)
+    before = snapshot(tmp_path)
+    assert_one_line_error(rsvae("score", model_dir, tile, "-o", tile), tile, "is also the input")
+    assert_one_line_error(rsvae("score", model_dir, tile, "-o", tmp_path / "s.tif", "--mask-out",
+                                tmp_path / "s.tif", "--fpr", "0.01"), "s.tif", "is also another output")
+    assert snapshot(tmp_path) == before
+
+
+def test_model_output_folder_holding_other_files_is_not_replaced(sample_file, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "scores.tif").write_bytes(b"a user's result")
+    before = snapshot(tmp_path)
+    assert_one_line_error(rsvae("train", sample_file, "-o", folder, "--epochs", "1"), folder, "refusing")
+    assert snapshot(tmp_path) == before
 
 
 def test_disk_full_while_writing_scores(model_dir, tmp_path, out_dir, monkeypatch):

@@ -118,6 +118,9 @@ def write_model_folder(folder: str | Path, meta: dict[str, Any], tensors: dict[s
     text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
     if folder.is_file():
         raise OutputError(f"{folder}: exists and is a file, not a model folder")
+    if folder.is_dir() and not {p.name for p in folder.iterdir()} <= {META, WEIGHTS}:
+        # replacing it would delete whatever else the folder holds (a mistyped -o)
+        raise OutputError(f"{folder}: exists and holds more than an rsvae model; refusing to replace it")
     try:
         make_parent(folder)
         tmp.mkdir()
