@@ -7,6 +7,8 @@ User errors print one line (``Error: FILE: problem``) and exit non-zero; ``--deb
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import signal
 import sys
 import warnings
@@ -26,7 +28,7 @@ class RsvaeGroup(click.Group):
     """A click group that turns RsvaeErrors into one-line messages and a non-zero exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv[1:]
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except RsvaeError as exc:
@@ -34,9 +36,18 @@ class RsvaeGroup(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except OSError as exc:  # the system refused (disk full, I/O error) somewhere not wrapped in an RsvaeError
+            if debug:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt as exc:
+            from pipeline.raster import remove_temporaries
+
+            remove_temporaries()  # whatever a writer could not remove itself (the signal hit its way in or out)
             click.echo("Interrupted; no partial output was left.", err=True)
-            ctx.exit(130)
+            ctx.exit(128 + getattr(exc, "signum", signal.SIGINT))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -44,9 +55,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"{prefix}: {message}", err=True)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # Unwind like Ctrl-C so every context manager removes its temporary files.
-    raise KeyboardInterrupt
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (Ctrl-C, a cluster's job kill, Snakemake's cancel), raised like Ctrl-C so every
+    context manager removes its temporary files; the exit code is 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # A repeated signal (schedulers send SIGTERM more than once, users press Ctrl-C twice) must not
+    # interrupt the cleanup the first one started; SIGKILL still ends the process at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 @contextmanager
@@ -102,6 +125,15 @@ def cli(debug: bool) -> None:
     Run `rsvae COMMAND --help` for each command's options.
     """
     warnings.showwarning = _show_warning
+    # rasterio's own note duplicates rsvae's one-line warning about a tile without georeference.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    if not debug:
+        # GDAL prints some failures (a write error while closing a file) straight to stderr, and rasterio
+        # logs others; the one-line Error that rsvae raises for them says it, --debug shows the raw text.
+        os.environ.setdefault("CPL_LOG", "OFF")
+        rio_log = logging.getLogger("rasterio")
+        if not any(isinstance(h, logging.NullHandler) for h in rio_log.handlers):
+            rio_log.addHandler(logging.NullHandler())
 
 
 @cli.command(context_settings=CONTEXT)
@@ -273,9 +305,10 @@ def score(model: str, tile: str, output: str, mask_out: str | None, config_path:
           --mask-out work/masks/tile_000.tif --fpr 0.001
     """
     from pipeline.detectors import load_detector
-    from pipeline.raster import describe
+    from pipeline.raster import check_distinct, describe
     from pipeline.scoring import score_raster
 
+    check_distinct(tile, [output, mask_out])
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
@@ -470,7 +503,8 @@ def _set_threads(threads: int) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     cli(prog_name="rsvae")
 
 

@@ -7,8 +7,10 @@ A pixel is *valid* only when every band is valid: not the nodata value, finite, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +20,15 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.enums import MaskFlags
+from rasterio._err import CPLE_BaseError
+from rasterio.enums import Interleaving, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from pipeline.errors import InputError, OutputError
+
+#: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through.
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 #: GDAL settings for reading: a small block cache keeps memory bounded whatever the raster's size.
 READ_ENV = {"GDAL_CACHEMAX": 64, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
@@ -76,15 +82,22 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
     with rasterio.Env(**READ_ENV):
         try:
             ds = rasterio.open(path)
-        except RasterioError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(f"{path}: not a readable raster ({_gdal_message(exc)})") from None
         with ds:
             if ds.count < 1:
                 raise InputError(f"{path}: raster has no bands")
+            if any(np.dtype(d).kind == "c" for d in ds.dtypes):
+                raise InputError(f"{path}: complex pixel type {ds.dtypes[0]} is not supported")
             yield ds
 
 
 def _gdal_message(exc: BaseException) -> str:
+    """GDAL's complaint in one line; rasterio's "See previous exception" is replaced by that exception."""
+    while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:300]
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return msg[:300]
 
@@ -176,7 +189,7 @@ class WindowReader:
         try:
             data = self.ds.read(window=window)
             masks = self.ds.read_masks(window=window) if self.read_masks else None
-        except RasterioError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(
                 f"{self.ds.name}: could not read window at row {int(window.row_off)}, col {int(window.col_off)} "
                 f"(file truncated or corrupted? {_gdal_message(exc)})"
@@ -189,8 +202,12 @@ DEFAULT_NODATA = -9999.0
 
 
 def output_nodata(info: RasterInfo) -> float:
-    """The nodata value of a float32 output: the input's own when finite, else DEFAULT_NODATA."""
-    if info.nodata is None or not math.isfinite(info.nodata) or abs(info.nodata) > 3e38:
+    """The nodata value of a float32 output: the input's own when finite and negative, else DEFAULT_NODATA.
+
+    Scores are non-negative, so a negative nodata never hides a valid pixel; an input nodata of 0 (common
+    for integer imagery) would.
+    """
+    if info.nodata is None or not math.isfinite(info.nodata) or info.nodata >= 0 or abs(info.nodata) > 3e38:
         return DEFAULT_NODATA
     return float(info.nodata)
 
@@ -257,32 +274,43 @@ class RasterWriter:
         self._tmp = _temp_path(self.path, ".tmp.tif")
         self._cog = _temp_path(self.path, ".cog.tif")
         self._ds = None
+        TEMPORARIES.update((self._tmp, self._cog))
 
     def __enter__(self) -> RasterWriter:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_parent(self.path)
             if not os.access(self.path.parent, os.W_OK):
                 raise PermissionError(f"folder {self.path.parent} is not writable")
             self._ds = rasterio.open(self._tmp, "w", **self.profile)
-        except (OSError, RasterioError) as exc:
-            self._cleanup()
-            raise OutputError(f"{self.path}: cannot write output ({_gdal_message(exc)})") from None
-        if self.descriptions:
-            for i, d in enumerate(self.descriptions, start=1):
-                self._ds.set_band_description(i, d)
-        if self.band_tags:
-            for i, t in enumerate(self.band_tags, start=1):
-                self._ds.update_tags(i, **{k: str(v) for k, v in t.items()})
-        if self.tags:
-            self._ds.update_tags(**self.tags)
+            if self.descriptions:
+                for i, d in enumerate(self.descriptions, start=1):
+                    self._ds.set_band_description(i, d)
+            if self.band_tags:
+                for i, t in enumerate(self.band_tags, start=1):
+                    self._ds.update_tags(i, **{k: str(v) for k, v in t.items()})
+            if self.tags:
+                self._ds.update_tags(**self.tags)
+        except (OSError, *GDAL_ERRORS) as exc:
+            note = _disk_note(self.path.parent)
+            self._abort()
+            raise OutputError(f"{self.path}: cannot write output ({_gdal_message(exc)}){note}") from None
+        except BaseException:  # Ctrl-C / SIGTERM after the file was made: __exit__ will not run
+            self._abort()
+            raise
         return self
+
+    def _abort(self) -> None:
+        if self._ds is not None:
+            with contextlib.suppress(Exception):
+                self._ds.close()
+        self._cleanup()
 
     def write(self, array: np.ndarray, window: Window | None = None) -> None:
         """Write a (bands, rows, cols) block at ``window`` (the whole raster when None)."""
         try:
             self._ds.write(array, window=window)
-        except (OSError, RasterioError) as exc:
-            raise OutputError(f"{self.path}: write failed ({_gdal_message(exc)})") from None
+        except (OSError, *GDAL_ERRORS) as exc:
+            raise OutputError(f"{self.path}: write failed ({_gdal_message(exc)}){_disk_note(self.path.parent)}") from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -290,25 +318,85 @@ class RasterWriter:
                 self._ds.close()
             if exc_type is None:
                 self._finish()
-        except (OSError, RasterioError) as err:
+        except (OSError, *GDAL_ERRORS) as err:
+            note = _disk_note(self.path.parent)
             self._cleanup()
-            raise OutputError(f"{self.path}: write failed ({_gdal_message(err)})") from None
+            raise OutputError(f"{self.path}: write failed ({_gdal_message(err)}){note}") from None
         finally:
             self._cleanup()
 
     def _finish(self) -> None:
         opts = dict(COG_OPTIONS, RESAMPLING=self.resampling)
         with rasterio.Env(GDAL_CACHEMAX=64):
+            check_complete(self._tmp)  # GDAL reports a failed flush at close only on stderr
             rasterio.shutil.copy(self._tmp, self._cog, driver="COG", **opts)
+            check_complete(self._cog)
         os.replace(self._cog, self.path)
 
     def _cleanup(self) -> None:
-        for p in (self._tmp, self._cog):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-            aux = p.with_name(p.name + ".aux.xml")
-            with contextlib.suppress(FileNotFoundError):
-                aux.unlink()
+        remove_temporaries((self._tmp, self._cog))
+
+
+#: Temporary files of this process's writers not yet removed or renamed into place. The CLI removes what is
+#: left when interrupted: a signal can land where no writer's own cleanup runs (entering or leaving it).
+TEMPORARIES: set[Path] = set()
+
+
+def remove_temporaries(paths: Sequence[Path] | None = None) -> None:
+    """Delete temporaries (``paths``, or all of ``TEMPORARIES``) and their GDAL side files; never an output."""
+    for p in list(TEMPORARIES if paths is None else paths):
+        for q in (p, p.with_name(p.name + ".aux.xml")):
+            with contextlib.suppress(OSError):  # absent, or a read-only folder where nothing was made
+                q.unlink()
+        TEMPORARIES.discard(p)
+
+
+def check_distinct(source: str | Path, outputs: Sequence[str | Path | None]) -> None:
+    """Refuse outputs that are the input or each other: the rename would replace the input or a sibling."""
+    seen = {Path(source).resolve(): "the input"}
+    for out in outputs:
+        if out is None:
+            continue
+        key = Path(out).resolve()
+        if key in seen:
+            raise OutputError(f"{out}: is also {seen[key]}; choose another output path")
+        seen[key] = "another output"
+
+
+def make_parent(path: Path) -> None:
+    """Create the folder of ``path`` and its parents; a file in the way is an error that names it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()),
+                       path.parent)
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder") from None
+
+
+def _disk_note(folder: Path) -> str:
+    """"; the disk is full" when the folder's file system has (almost) no space left, else ""."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return "; the disk is full" if free < (1 << 20) else ""
+
+
+def check_complete(path: str | Path) -> None:
+    """Raise OSError when a written GeoTIFF lacks a block: GDAL reports a write that fails while the file is
+    closed (a full disk) only on stderr, and reads the missing block back as zeros."""
+    path = Path(path)
+    size = path.stat().st_size
+    with rasterio.open(path) as ds:
+        rows, cols = ds.block_shapes[0]
+        bands = [1] if ds.interleaving == Interleaving.pixel else range(1, ds.count + 1)
+        for b in bands:
+            for i in range(math.ceil(ds.height / rows)):
+                for j in range(math.ceil(ds.width / cols)):
+                    offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=b) or 0)
+                    nbytes = int(ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=b) or 0)
+                    if offset <= 0 or nbytes <= 0 or offset + nbytes > size:
+                        raise OSError(errno.EIO, f"block ({i}, {j}) of band {b} was not written (disk full?)")
 
 
 def write_raster(path: str | Path, array: np.ndarray, **kwargs: Any) -> None:
