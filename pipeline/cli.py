@@ -365,6 +365,149 @@ def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: i
     say(quiet, f"wrote {output}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("tile", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Feature raster to write (float32 COG; bands latent_1 ... latent_k).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to encode.  [default: cpu]")
+@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
+@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@common
+def features(model: str, tile: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Write the VAE's latent features of every valid pixel of TILE: a float32 GeoTIFF with one band per latent
+    dimension (the posterior means), on TILE's grid, CRS and nodata.
+
+    Uses the score section of --config for device, threads and chunk.
+
+    \b
+    Example:
+      rsvae features work/model demo/test/tile_000.tif -o work/features/tile_000.tif
+    """
+    from pipeline.detectors import load_detector
+    from pipeline.generative import features as write_features
+    from pipeline.generative import require_vae
+    from pipeline.raster import describe
+
+    s, _ = settings(config_path, "score", **opts)
+    _set_threads(s["threads"])
+    det = require_vae(load_detector(model, s["device"]), "rsvae features")
+    info = describe(tile)
+    with pixel_bar(info.width * info.height, quiet, "features") as bar:
+        summary = write_features(det, tile, output, chunk=s["chunk"], progress=bar)
+    say(quiet, f"wrote {output}: {det.architecture['latent']} latent bands for {summary.valid_pixels} of "
+               f"{summary.pixels} pixels in {summary.seconds:.1f} s")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("-n", "--count", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Spectra to generate.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="CSV to write: one row per spectrum, one column per band (wavelength or band name).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also plot them beside real training spectra (PNG).")
+@click.option("--sample", "sample_path", type=click.Path(dir_okay=False),
+              help="Sample file with the real spectra for --plot.  [default: the one the model was trained on]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws.")
+@common
+def generate(model: str, count: int, output: str, plot: str | None, sample_path: str | None, seed: int,
+             config_path: str | None, quiet: bool) -> None:
+    """Generate spectra from a VAE MODEL: decode draws of the prior N(0, I) into spectra in the input's units.
+
+    The plot shows what the model believes normal ground looks like, beside the real training spectra's mean
+    and spread per band, so you can see whether it learned the data.
+
+    \b
+    Example:
+      rsvae generate work/model -n 50 -o work/generated.csv --plot work/generated.png
+    """
+    from pipeline import generative as gen
+    from pipeline.detectors import load_detector
+
+    det = gen.require_vae(load_detector(model), "rsvae generate")
+    if plot:
+        gen.plot_format(plot)  # fail before writing anything
+    spectra = gen.sample(det, count, seed)
+    gen.write_spectra_csv(output, gen.spectrum_columns(det), spectra, {"sample": range(count)})
+    msg = f"wrote {output}: {count} spectra of {det.bands} bands"
+    if plot:
+        ref = gen.reference_spectra(det, sample_path)
+        gen.plot_generated(det, spectra, plot, ref)
+        msg += f" and {plot}" + (f" (real spectra from {ref.source})" if ref.source else "")
+    say(quiet, msg)
+
+
+def _pair(kind: type) -> Callable[[click.Context, click.Parameter, str | None], tuple | None]:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        parts = value.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            return kind(parts[0]), kind(parts[1])
+        except ValueError:
+            what = "ROW,COL (two integers)" if kind is int else "X,Y (two numbers in the raster's CRS)"
+            raise click.BadParameter(f"expected {what}, got {value!r}") from None
+
+    return parse
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("tile", type=click.Path())
+@click.option("--from", "start", callback=_pair(int), metavar="ROW,COL", help="First pixel (row, col from 0).")
+@click.option("--to", "end", callback=_pair(int), metavar="ROW,COL", help="Second pixel (row, col from 0).")
+@click.option("--from-xy", "start_xy", callback=_pair(float), metavar="X,Y",
+              help="First pixel by map coordinates in TILE's CRS.")
+@click.option("--to-xy", "end_xy", callback=_pair(float), metavar="X,Y",
+              help="Second pixel by map coordinates in TILE's CRS.")
+@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Spectra along the path, both end points included.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="CSV to write: one row per step (step, t, then one column per band).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also plot the path and the two real spectra (PNG).")
+@common
+def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple[int, int] | None,
+                start_xy: tuple[float, float] | None, end_xy: tuple[float, float] | None, steps: int,
+                output: str, plot: str | None, config_path: str | None, quiet: bool) -> None:
+    """Decode the straight path in latent space between two pixels of TILE (their posterior means).
+
+    Give each end as --from/--to ROW,COL or --from-xy/--to-xy X,Y. The first and last spectra are the model's
+    reconstructions of the two pixels; the steps between show the transition the model sees between them.
+
+    \b
+    Examples:
+      rsvae interpolate work/model demo/test/tile_000.tif --from 10,10 --to 200,180 --steps 12 \\
+          -o work/path.csv --plot work/path.png
+      rsvae interpolate work/model demo/test/tile_000.tif --from-xy 500315,4991525 --to-xy 505415,4985825 \\
+          -o work/path.csv
+    """
+    from pipeline import generative as gen
+    from pipeline.detectors import load_detector
+
+    ends = []
+    for name, rc, xy in (("from", start, start_xy), ("to", end, end_xy)):
+        if (rc is None) == (xy is None):
+            raise click.UsageError(f"give exactly one of --{name} ROW,COL and --{name}-xy X,Y")
+        ends.append(rc if rc is not None else gen.locate(tile, *xy))
+    det = gen.require_vae(load_detector(model), "rsvae interpolate")
+    if plot:
+        gen.plot_format(plot)  # fail before writing anything
+    spectra = [gen.pixel_spectrum(tile, r, c) for r, c in ends]
+    for s in spectra:
+        det.check_bands(s.size, tile)
+    lp = gen.interpolate(det, spectra[0], spectra[1], steps)
+    gen.write_spectra_csv(output, gen.spectrum_columns(det), lp.spectra,
+                          {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
+    labels = (f"pixel ({ends[0][0]}, {ends[0][1]})", f"pixel ({ends[1][0]}, {ends[1][1]})")
+    msg = f"wrote {output}: {steps} spectra from {labels[0]} to {labels[1]}"
+    if plot:
+        gen.plot_path(det, lp, plot, labels)
+        msg += f" and {plot}"
+    say(quiet, msg)
+
+
 def _set_threads(threads: int) -> None:
     import os
 

@@ -148,7 +148,8 @@ def write_plots(scores_path: str | Path, truth_path: str | Path, scores: np.ndar
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    bins = np.linspace(scores.min(), np.percentile(scores, 99.99), 80)
+    top = max(np.percentile(scores[~labels], 99.99), np.percentile(scores[labels], 99))
+    bins = np.linspace(scores.min(), top, 80)
     ax.hist(scores[~labels], bins=bins, density=True, alpha=0.6, label="background")
     ax.hist(scores[labels], bins=bins, density=True, alpha=0.6, label="anomaly")
     ax.set_yscale("log")

@@ -367,3 +367,29 @@ def iter_band(path: str | Path, band: int = 1) -> Iterator[np.ma.MaskedArray]:
             if np.issubdtype(data.dtype, np.floating):
                 data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
             yield data
+
+
+# --------------------------------------------------------------------------------------------- single pixels
+
+def pixel_index(info: RasterInfo, x: float, y: float) -> tuple[int, int]:
+    """The (row, col) of the pixel holding map point (x, y), by the raster's transform; InputError when outside."""
+    if not info.georeferenced:
+        raise InputError(f"{info.path}: has no georeference, so map coordinates cannot be placed; use row,col")
+    from rasterio.transform import array_bounds, rowcol
+
+    row, col = (int(v) for v in rowcol(info.transform, x, y, op=math.floor))
+    if not (0 <= row < info.height and 0 <= col < info.width):
+        west, south, east, north = array_bounds(info.height, info.width, info.transform)
+        raise InputError(f"{info.path}: point ({x:.12g}, {y:.12g}) lies outside the raster "
+                         f"(x {west:.12g} to {east:.12g}, y {south:.12g} to {north:.12g})")
+    return row, col
+
+
+def read_pixel(path: str | Path, row: int, col: int) -> tuple[np.ndarray, bool]:
+    """One pixel's values (bands,) in the file's dtype and whether it is valid; InputError when outside."""
+    with open_raster(path) as ds:
+        if not (0 <= row < ds.height and 0 <= col < ds.width):
+            raise InputError(f"{path}: pixel (row {row}, col {col}) lies outside the raster "
+                             f"({ds.height} rows x {ds.width} cols, counted from 0)")
+        data, valid = WindowReader(ds).read(Window(col, row, 1, 1))
+    return data[:, 0, 0], bool(valid[0, 0])

@@ -66,6 +66,10 @@ rule features:
         f"{R}/logs/features/{{tile}}.log",
     benchmark:
         f"{R}/benchmarks/features/{{tile}}.tsv"
+    params:
+        config=CFG,
+        settings=config["score"],
+    # device, torch threads and chunk from the score section, like scoring
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
@@ -74,4 +78,4 @@ rule features:
     conda:
         "../envs/rsvae.yaml"
     shell:
-        "rsvae features {input.model} {input.tile} -o {output} > {log} 2>&1"
+        "rsvae features {input.model} {input.tile} -o {output} --config {params.config} > {log} 2>&1"
