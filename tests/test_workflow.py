@@ -22,15 +22,16 @@ from pipeline.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 #: What a run needs from the repository.
 WORKFLOW_FILES = ["Snakefile", "rules", "configs", "report", "envs", "pipeline"]
-#: A tiny demo: the test config laid over configs/config.yaml.
+#: A tiny demo with latent features: the test config laid over configs/config.yaml.
 TINY = {
+    "features": True,
     "synth": {"size": 32, "bands": 8, "tiles_normal": 2, "tiles_test": 2},
     "ingest": {"max_pixels": 1500},
     "train": {"epochs": 3, "patience": 0, "batch_size": 256},
 }
 #: Jobs of the tiny demo, by rule.
 TINY_JOBS = {"demo": 1, "ingest": 2, "merge": 1, "train": 1, "score": 2, "quicklook": 2, "evaluate": 2,
-             "summarize": 1, "all": 1}
+             "features": 2, "summarize": 1, "all": 1}
 
 
 # ---- planning (pipeline/workflow.py) ---------------------------------------------------------------------
@@ -171,6 +172,7 @@ def test_demo_runs_end_to_end_and_builds_the_report(repo):
     for t in tiles:
         check_geotiff(res / "scores" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 3, "float32")
         check_geotiff(res / "masks" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 1, "uint8")
+        check_geotiff(res / "features" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 8, "float32")
         with rasterio.open(res / "masks" / f"{t}.tif") as ds:
             assert set(np.unique(ds.read())) <= {0, 1, 255}
         metrics = json.loads((res / "metrics" / f"{t}.json").read_text())
