@@ -351,6 +351,54 @@ def evaluate(scores: str, truth: str, output: str | None, plots: str | None, qui
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("metrics", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--mask", "masks", multiple=True, type=click.Path(dir_okay=False),
+              help="Anomaly mask of a tile (from `rsvae score --mask-out`); repeat for each tile.")
+@click.option("--model", type=click.Path(), help="Model folder whose training curve to plot.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | None, output: str,
+              html_out: str | None, plot: str | None, quiet: bool) -> None:
+    """Tabulate every tile's results: pixels flagged in its mask and its METRICS (from `rsvae evaluate -o`).
+
+    One row per tile (the file name without extension); tiles without truth have empty metric cells.
+
+    \b
+    Example:
+      rsvae summarize results/metrics/*.json --mask results/masks/tile_000.tif --mask results/masks/tile_001.tif \\
+          --model results/model -o results/summary.csv --plot results/training_curve.png
+    """
+    from pipeline.report import summarize as run
+
+    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out)
+    say(quiet, f"wrote {output} ({len(rows)} tiles)" + (f" and {plot}" if plot else ""))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--mask", type=click.Path(dir_okay=False), help="Anomaly mask to overlay (flagged pixels in cyan).")
+@click.option("--band", type=int, default=1, show_default=True, help="Band of SCORES to show.")
+@click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: int, quiet: bool) -> None:
+    """Draw a PNG quicklook of a SCORES raster (a percentile stretch; nodata grey).
+
+    \b
+    Example:
+      rsvae quicklook results/scores/tile_000.tif --mask results/masks/tile_000.tif -o tile_000.png
+    """
+    from pipeline.report import quicklook as draw
+
+    if max_size < 16:
+        raise click.BadParameter("must be at least 16", param_hint="--max-size")
+    draw(scores, output, mask=mask, band=band, max_size=max_size)
+    say(quiet, f"wrote {output}")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
 @click.argument("tile", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),

@@ -417,6 +417,46 @@ def writer_like(info: RasterInfo, path: str | Path, count: int, dtype: str = "fl
     )
 
 
+def _check_band(ds: rasterio.io.DatasetReader, band: int) -> None:
+    if not 1 <= band <= ds.count:
+        raise InputError(f"{ds.name}: has no band {band} (it has {ds.count})")
+
+
+def read_preview(path: str | Path, band: int = 1, max_size: int = 1024) -> np.ma.MaskedArray:
+    """One band, shrunk to at most ``max_size`` pixels a side (from overviews where the file has them).
+
+    Invalid pixels (nodata, NaN, masked) are masked; for pictures, not for numbers.
+    """
+    from rasterio.enums import Resampling
+
+    with open_raster(path) as ds:
+        _check_band(ds, band)
+        shrink = max(ds.width, ds.height) / max_size
+        shape = ((max(1, math.ceil(ds.height / shrink)), max(1, math.ceil(ds.width / shrink)))
+                 if shrink > 1 else (ds.height, ds.width))
+        try:
+            data = ds.read(band, out_shape=shape, masked=True, resampling=Resampling.nearest)
+        except RasterioError as exc:
+            raise InputError(f"{path}: could not read band {band} ({_gdal_message(exc)})") from None
+    if np.issubdtype(data.dtype, np.floating):
+        data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
+    return data
+
+
+def iter_band(path: str | Path, band: int = 1) -> Iterator[np.ma.MaskedArray]:
+    """One band's values window by window, invalid pixels masked: whole-raster counts in bounded memory."""
+    with open_raster(path) as ds:
+        _check_band(ds, band)
+        for window in iter_windows(ds):
+            try:
+                data = ds.read(band, window=window, masked=True)
+            except RasterioError as exc:
+                raise InputError(f"{path}: could not read band {band} ({_gdal_message(exc)})") from None
+            if np.issubdtype(data.dtype, np.floating):
+                data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
+            yield data
+
+
 # --------------------------------------------------------------------------------------------- single pixels
 
 def pixel_index(info: RasterInfo, x: float, y: float) -> tuple[int, int]:

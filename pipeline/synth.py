@@ -129,6 +129,16 @@ def _encode(img: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
     return out, FLOAT_NODATA
 
 
+def demo_layout(outdir: str | Path, *, tiles_normal: int = 4, tiles_test: int = 2) -> DemoLayout:
+    """The paths ``make_demo`` writes, known before it runs (the workflow plans its jobs on them)."""
+    outdir = Path(outdir)
+    return DemoLayout(
+        normal=[outdir / "normal" / f"normal_{j:03d}.tif" for j in range(tiles_normal)],
+        test=[outdir / "test" / f"tile_{j:03d}.tif" for j in range(tiles_test)],
+        truth=[outdir / "truth" / f"tile_{j:03d}.tif" for j in range(tiles_test)],
+    )
+
+
 def make_demo(
     outdir: str | Path,
     *,

@@ -1,17 +1,11 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the demo end to end: synthetic tiles -> sample -> model -> score rasters and masks.
+# Set up (if needed) and run the demo end to end with the Snakemake workflow: synthetic tiles -> per-tile ingest
+# -> merge -> model -> score rasters, masks, quicklooks, metrics -> summary, then the HTML report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-R=.venv/bin/rsvae
-time {
-  $R synth demo/ --seed 0
-  $R ingest demo/normal/*.tif -o work/sample.nc --seed 0
-  $R train work/sample.nc -o work/model --seed 0
-  for tile in demo/test/*.tif; do
-    name=$(basename "$tile")
-    $R score work/model "$tile" -o "work/scores/$name" --mask-out "work/masks/$name" --fpr 0.001
-    $R evaluate "work/scores/$name" "demo/truth/$name" -o "work/metrics/${name%.tif}.json" --plots work/plots
-  done
-}
-echo "outputs: work/scores/ (score rasters), work/masks/ (anomaly masks), work/metrics/, work/plots/"
+export PATH="$PWD/.venv/bin:$PATH"   # the workflow's jobs call `rsvae`
+time snakemake -c"${CORES:-2}"
+snakemake --report results/report.html
+echo "outputs: results/ (scores/, masks/, quicklooks/, metrics/, plots/, summary.csv, training_curve.png)," \
+     "report: results/report.html"
