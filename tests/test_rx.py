@@ -70,7 +70,7 @@ def planted_scene(size: int = 40, bands: int = 5, seed: int = 0) -> tuple[np.nda
     ends = rng.uniform(0.2, 1.0, size=(2, bands))
     img = np.einsum("kb,krc->brc", ends, fields * 20) + 100 + rng.normal(0, 0.05, (bands, size, size))
     where = (17, 23)
-    img[:, where[0], where[1]] += rng.normal(0, 1.0, bands)
+    img[:, where[0], where[1]] += rng.normal(0, 6.0, bands)
     return img.astype(np.float32), where
 
 
@@ -82,6 +82,24 @@ def test_lrx_scores_the_planted_target_highest():
     s = det.score_block(np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(np.ones(img.shape[1:], bool), h))["score"]
     assert s.shape == img.shape[1:]
     assert np.unravel_index(np.nanargmax(s), s.shape) == where
+
+
+def test_lrx_finds_a_locally_odd_pixel_that_global_rx_misses():
+    """A pixel of the left half's material inside the right half: normal globally, anomalous locally."""
+    rng = np.random.default_rng(3)
+    bands, size = 6, 40
+    a, b = rng.uniform(50, 150, bands), rng.uniform(50, 150, bands)
+    img = np.where(np.arange(size)[None, None, :] < size // 2, a[:, None, None], b[:, None, None])
+    img = img + rng.normal(0, 1.0, (bands, size, size))
+    img[:, 20, 30] = a + rng.normal(0, 1.0, bands)
+    x = img.reshape(bands, -1).T
+    names = [f"b{i}" for i in range(bands)]
+    lrx = LRXDetector.fit(x, names, stats_of(x), settings(outer_window=9))
+    h = lrx.halo
+    s = lrx.score_block(np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(np.ones((size, size), bool), h))["score"]
+    assert np.unravel_index(np.nanargmax(s), s.shape) == (20, 30)
+    g = RXDetector.fit(x, names, stats_of(x), settings()).score(x)["score"].reshape(size, size)
+    assert (g > g[20, 30]).mean() > 0.2  # globally it is an ordinary pixel
 
 
 def test_lrx_rejects_bad_windows():

@@ -180,6 +180,8 @@ class LRXDetector(Detector):
             cov = dev.transpose(1, 2) @ dev / n.clamp(min=1)[:, None, None]
             tr = torch.diagonal(cov, dim1=1, dim2=2).sum(dim=1) / bands
             # The ridge is relative to the local variance, with a floor of 1e-6 of the sample's (standardised) one.
+            # A strong one (lrx_ridge 1 by default): ~216 background pixels for ~200 bands estimate a covariance
+            # poorly; on the dev scenes a ridge of 0.01, 0.1, 1 gave a mean ROC AUC of 0.83, 0.88, 0.90.
             cov = cov + (self.ridge * tr + 1e-6)[:, None, None] * eye
             x = zt[torch.from_numpy(c[:, 0] + h), torch.from_numpy(c[:, 1] + h)] - mean
             chol, info = torch.linalg.cholesky_ex(cov)
