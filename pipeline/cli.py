@@ -238,7 +238,8 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
     from pipeline.training import train as train_model
 
     s, config = settings(config_path, "train", **opts)
-    with tqdm(total=s["epochs"], unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
+    passes = 2 if s["method"] == "vae" and s["trim"] > 0 else 1
+    with tqdm(total=s["epochs"] * passes, unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
               leave=False) as bar:
         def progress(rec: dict[str, float]) -> None:
             bar.update(1)
