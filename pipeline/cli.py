@@ -249,6 +249,8 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--seed", type=int, help="Random seed (weights, shuffling, split).  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 0]")
+@click.option("--inner-window", type=int, help="LRX guard window, odd.  [default: 3]")
+@click.option("--outer-window", type=int, help="LRX background window, odd.  [default: 15]")
 @common
 def train(sample_file: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Train a detector on a SAMPLE file and save it as a model folder.
@@ -261,13 +263,15 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
       rsvae train work/sample.nc -o work/model --seed 0
       rsvae train work/sample.nc -o work/model-seed --preset seed
       rsvae train work/sample.nc -o work/rx --method rx
+      rsvae train work/sample.nc -o work/lrx --method lrx --inner-window 3 --outer-window 15
     """
     from tqdm import tqdm
 
     from pipeline.training import train as train_model
 
     s, config = settings(config_path, "train", **opts)
-    with tqdm(total=s["epochs"], unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
+    passes = 2 if s["method"] == "vae" and s["trim"] > 0 else 1
+    with tqdm(total=s["epochs"] * passes, unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
               leave=False) as bar:
         def progress(rec: dict[str, float]) -> None:
             bar.update(1)

@@ -196,6 +196,15 @@ class WindowReader:
             ) from None
         return data, valid_mask(data, self.nodata, masks)
 
+    def read_with_halo(self, window: Window, halo: int) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``read``, for ``window`` grown by ``halo`` pixels on every side; beyond the raster is invalid."""
+        r0, c0 = int(window.row_off) - halo, int(window.col_off) - halo
+        r1, c1 = int(window.row_off + window.height) + halo, int(window.col_off + window.width) + halo
+        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, self.ds.height), min(c1, self.ds.width)
+        data, valid = self.read(Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+        pad = ((rr0 - r0, r1 - rr1), (cc0 - c0, c1 - cc1))
+        return np.pad(data, ((0, 0), *pad)), np.pad(valid, pad)
+
 
 #: Nodata of float outputs when the input has none (or a NaN one): finite, so every GIS tool honours it.
 DEFAULT_NODATA = -9999.0

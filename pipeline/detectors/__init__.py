@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.detectors.base import WEIGHTS, Detector, file_digest, read_model_folder
+from pipeline.detectors.rx import LRXDetector, RXDetector
 from pipeline.detectors.vae import VAEDetector
 from pipeline.errors import ConfigError, ModelError
 
 #: Detector classes by the name ``train.method`` and ``model.json``'s ``detector`` use.
-DETECTORS: dict[str, type[Detector]] = {"vae": VAEDetector}
+DETECTORS: dict[str, type[Detector]] = {"vae": VAEDetector, "rx": RXDetector, "lrx": LRXDetector}
 
 
 def fit_detector(method: str, pixels: Any, band_names: list[str], stats: Any, settings: dict[str, Any],
@@ -36,4 +37,4 @@ def load_detector(folder: str | Path, device: str = "cpu") -> Detector:
     return det
 
 
-__all__ = ["DETECTORS", "Detector", "VAEDetector", "fit_detector", "load_detector"]
+__all__ = ["DETECTORS", "Detector", "LRXDetector", "RXDetector", "VAEDetector", "fit_detector", "load_detector"]

@@ -44,6 +44,10 @@ class Detector(ABC):
     band_names: list[str]
     meta: dict[str, Any]
 
+    #: Pixels of context a detector needs on every side of a pixel (0: each pixel is scored on its own).
+    #: Detectors with a halo score windows read with that margin through ``score_block``.
+    halo: int = 0
+
     @property
     def bands(self) -> int:
         return len(self.band_names)
@@ -51,6 +55,22 @@ class Detector(ABC):
     @abstractmethod
     def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Per-pixel outputs for ``pixels`` (n, bands): a dict of float32 arrays (n,), keys as ``outputs``."""
+
+    def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs for the interior of a block ``data`` (bands, rows, cols) read with ``halo`` pixels of margin.
+
+        ``valid`` (rows, cols) marks valid pixels (margin included); the arrays returned are
+        (rows - 2·halo, cols - 2·halo), NaN at invalid pixels. This default scores each interior pixel on its own.
+        """
+        h = self.halo
+        inner = (slice(h, data.shape[1] - h), slice(h, data.shape[2] - h))
+        v = valid[inner]
+        out = {k: np.full(v.shape, np.nan, np.float32) for k in self.outputs}
+        if v.any():
+            terms = self.score(data[(slice(None), *inner)][:, v].T)
+            for k in self.outputs:
+                out[k][v] = terms[k]
+        return out
 
     def decision_function(self, pixels: np.ndarray) -> np.ndarray:
         """Anomaly scores (n,), higher = more anomalous (the pyod convention)."""

@@ -3,6 +3,13 @@
 Encoder (MLP) -> mean and log-variance of q(z|x); reparameterisation; decoder (MLP) -> reconstruction.
 Training minimises reconstruction + beta * KL(q(z|x) || N(0, I)) on normal pixels; a pixel's anomaly score is the
 same quantity evaluated at the posterior mean, so pixels the model cannot explain score high.
+
+The Gaussian reconstruction term is trained with unit variance per standardised band, which keeps the latent code
+to the main structure of the data. For scoring (``noise: residual``, the default) its covariance is then
+estimated from the residuals x - decoder(mu) of the sample's best-explained pixels (a robust, full covariance):
+the reconstruction term becomes half the squared Mahalanobis distance of the residual, i.e. the negative
+log-likelihood of the residual under that Gaussian, up to a constant. Against anomalies hidden in the sample,
+training runs a second time without the fraction ``trim`` of worst-scoring sample pixels.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ from pipeline.errors import ConfigError, ModelError
 #: Named architectures. ``seed`` is the textbook model: 64 inputs, one hidden layer of 32, latent 32, BCE + KL.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "seed": {"hidden": [32], "latent": 32, "reconstruction": "bce", "beta": 1.0},
+    "seed": {"hidden": [32], "latent": 32, "reconstruction": "bce", "beta": 1.0, "noise": "unit", "trim": 0.0},
 }
 RECONSTRUCTIONS = ("gaussian", "bce", "mse")
 #: log-variance is clamped to this range so exp() neither overflows nor vanishes on wild inputs.
 LOGVAR_RANGE = (-30.0, 20.0)
 F32_MAX = float(np.finfo(np.float32).max)
+#: The residual covariance is estimated from at most this many sample pixels, in this many concentration steps.
+NOISE_FIT_PIXELS = 50_000
+NOISE_CSTEPS = 3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,9 +86,16 @@ class VAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
-def reconstruction_term(x: torch.Tensor, xhat: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-pixel reconstruction loss: Gaussian NLL (unit variance, up to a constant), BCE, or MSE."""
+def reconstruction_term(x: torch.Tensor, xhat: torch.Tensor, kind: str,
+                        noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-pixel reconstruction loss: Gaussian NLL (up to a constant), BCE, or MSE.
+
+    The Gaussian has unit variance, or with ``noise`` = (mean, whitening matrix W) of normal residuals, their
+    full covariance: 0.5 * |(x - xhat - mean) @ W|², half the squared Mahalanobis distance of the residual.
+    """
     if kind == "gaussian":
+        if noise is not None:
+            return 0.5 * ((x - xhat - noise[0]) @ noise[1]).pow(2).sum(dim=1)
         return 0.5 * (x - xhat).pow(2).sum(dim=1)
     if kind == "mse":
         return (x - xhat).pow(2).mean(dim=1)
@@ -99,7 +116,8 @@ class VAEDetector(Detector):
     outputs: ClassVar[tuple[str, ...]] = ("score", "reconstruction", "kl")
 
     def __init__(self, module: VAE, band_names: list[str], offset: np.ndarray, scale: np.ndarray,
-                 meta: dict[str, Any], device: torch.device | None = None):
+                 meta: dict[str, Any], device: torch.device | None = None,
+                 noise: tuple[np.ndarray, np.ndarray] | None = None):
         self.module = module.eval()
         self.band_names = list(band_names)
         self.offset = np.asarray(offset, np.float64)
@@ -107,6 +125,13 @@ class VAEDetector(Detector):
         self.meta = meta
         self.device = device or torch.device("cpu")
         self.module.to(self.device)
+        self.set_noise(noise)
+
+    def set_noise(self, noise: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Use the residual mean and whitening matrix ``noise`` in the reconstruction term (None: unit variance)."""
+        self.noise_arrays = noise
+        self.noise = None if noise is None else tuple(
+            torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device) for a in noise)
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -148,27 +173,84 @@ class VAEDetector(Detector):
             torch.set_num_threads(int(s["threads"]))
         device = resolve_device(s["device"])
         offset, scale = _normalisation(stats, s["reconstruction"])
+        noise = s["noise"] if s["reconstruction"] == "gaussian" else "unit"
         meta: dict[str, Any] = {
             "architecture": {"hidden": list(s["hidden"]), "latent": int(s["latent"]), "beta": float(s["beta"]),
-                             "reconstruction": s["reconstruction"]},
+                             "reconstruction": s["reconstruction"], "noise": noise},
         }
         torch.manual_seed(s["seed"])
         module = VAE(bands, list(s["hidden"]), int(s["latent"]), sigmoid_output=s["reconstruction"] == "bce")
         det = cls(module, band_names, offset, scale, meta, device)
-        x = torch.from_numpy(det.normalise(pixels))
+        x = torch.from_numpy(det.normalise(pixels)).to(device)
         gen = torch.Generator().manual_seed(s["seed"])
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(device)
         n_val = max(1, int(round(n * s["val_fraction"])))
-        x_val, x_train = x[perm[:n_val]].to(device), x[perm[n_val:]].to(device)
-        history, best_epoch, seconds = det._train(x_train, x_val, s, gen, progress)
-        det.calibrate(det.score_tensor(x_val)["score"])
+        is_val = torch.zeros(n, dtype=torch.bool, device=device)
+        is_val[perm[:n_val]] = True
+        passes = []
+        history, best_epoch, seconds = det._train(x[perm[n_val:]], x[perm[:n_val]], s, gen, progress)
+        passes.append({"history": history, "best_epoch": best_epoch, "seconds": round(seconds, 3),
+                       "n_train": n - n_val, "n_val": n_val})
+        if noise == "residual":
+            det.fit_noise(x, s["noise_keep"], s["ridge"], s["seed"])
+        if s["trim"] > 0:
+            # Second pass, from fresh weights, without the worst-explained pixels: anomalies hidden in the sample
+            # no longer teach the model to reconstruct them.
+            sc = det._scores(x)
+            kept = torch.from_numpy(sc <= np.quantile(sc, 1.0 - s["trim"])).to(device)
+            torch.manual_seed(s["seed"] + 1)
+            det.module = VAE(bands, list(s["hidden"]), int(s["latent"]),
+                             sigmoid_output=s["reconstruction"] == "bce").to(device)
+            det.set_noise(None)
+            x_train, x_val = x[kept & ~is_val], x[kept & is_val]
+            history, best_epoch, seconds = det._train(x_train, x_val, s, gen, progress)
+            passes.append({"history": history, "best_epoch": best_epoch, "seconds": round(seconds, 3),
+                           "n_train": int(x_train.shape[0]), "n_val": int(x_val.shape[0]),
+                           "trimmed": int((~kept).sum())})
+            if noise == "residual":
+                det.fit_noise(x[kept], s["noise_keep"], s["ridge"], s["seed"])
+        # Thresholds come from every held-out pixel: the sample is meant to be normal ground.
+        det.calibrate(det._scores(x[is_val]))
+        last = passes[-1]
         meta["training"] = {
-            "history": history, "best_epoch": best_epoch, "epochs_run": len(history),
-            "stopped_early": len(history) < s["epochs"], "seconds": round(seconds, 3),
-            "n_train": int(x_train.shape[0]), "n_val": int(n_val), "device": str(device),
+            "history": last["history"], "best_epoch": last["best_epoch"], "epochs_run": len(last["history"]),
+            "stopped_early": len(last["history"]) < s["epochs"],
+            "seconds": round(sum(p["seconds"] for p in passes), 3),
+            "n_train": last["n_train"], "n_val": last["n_val"], "device": str(device),
+            "passes": [{k: v for k, v in p.items() if k != "history"} for p in passes],
         }
         meta["settings"] = s
         return det
+
+    def _scores(self, x: torch.Tensor, chunk: int = 65536) -> np.ndarray:
+        """Scores of normalised pixels ``x`` on the model's device, in chunks (bounded memory)."""
+        return np.concatenate([self.score_tensor(x[i:i + chunk])["score"] for i in range(0, x.shape[0], chunk)])
+
+    def fit_noise(self, x: torch.Tensor, keep: float, ridge: float, seed: int) -> None:
+        """Estimate the residuals' mean and covariance from normalised pixels ``x``, robustly, for scoring.
+
+        Concentration steps (as in the minimum covariance determinant): start from the ``keep`` fraction of pixels
+        with the smallest squared error, then refit on the ``keep`` fraction with the smallest Mahalanobis distance,
+        so that anomalies in the sample do not inflate the covariance. At most NOISE_FIT_PIXELS pixels are used.
+        """
+        from pipeline.detectors.rx import whitening
+
+        if x.shape[0] > NOISE_FIT_PIXELS:
+            g = torch.Generator().manual_seed(seed)
+            x = x[torch.randperm(x.shape[0], generator=g)[:NOISE_FIT_PIXELS].to(x.device)]
+        r = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], 65536):
+                xb = x[i:i + 65536]
+                r.append((xb - self.module.decode(self.module.encode(xb)[0])).double().cpu().numpy())
+        res = np.concatenate(r)
+        dist = np.square(res).sum(axis=1)
+        for _ in range(1 + NOISE_CSTEPS):
+            sel = res[dist <= np.quantile(dist, keep)]
+            mean = sel.mean(axis=0)
+            w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(res.shape[1], res.shape[1]), ridge)
+            dist = np.square((res - mean) @ w).sum(axis=1)
+        self.set_noise((mean, w))
 
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
                progress: Callable[[dict[str, float]], None] | None) -> tuple[list[dict[str, float]], int, float]:
@@ -236,13 +318,13 @@ class VAEDetector(Detector):
         with torch.inference_mode():
             mu, logvar = self.module.encode(x)
             if samples <= 1:
-                rec = reconstruction_term(x, self.module.decode(mu), kind)
+                rec = reconstruction_term(x, self.module.decode(mu), kind, self.noise)
             else:
                 std = torch.exp(0.5 * logvar)
                 rec = torch.zeros(x.shape[0], device=x.device)
                 for _ in range(samples):
                     eps = torch.randn(mu.shape, generator=gen, device=mu.device)
-                    rec += reconstruction_term(x, self.module.decode(mu + eps * std), kind)
+                    rec += reconstruction_term(x, self.module.decode(mu + eps * std), kind, self.noise)
                 rec /= samples
             kl = kl_term(mu, logvar)
             score = rec + self.beta * kl
@@ -268,6 +350,8 @@ class VAEDetector(Detector):
         t = {f"module.{k}": v for k, v in self.module.state_dict().items()}
         t["normalisation.offset"] = torch.from_numpy(self.offset)
         t["normalisation.scale"] = torch.from_numpy(self.scale)
+        if self.noise_arrays is not None:
+            t["noise.mean"], t["noise.whiten"] = (torch.from_numpy(np.asarray(a)) for a in self.noise_arrays)
         return t
 
     @classmethod
@@ -282,12 +366,18 @@ class VAEDetector(Detector):
             module.load_state_dict(state, strict=True)
             offset = tensors["normalisation.offset"].numpy()
             scale = tensors["normalisation.scale"].numpy()
+            residual = arch.get("noise", "unit") == "residual"
+            noise = (tensors["noise.mean"].numpy(), tensors["noise.whiten"].numpy()) if residual else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0][:200]
             raise ModelError(f"{where}: weights do not match model.json ({type(exc).__name__}: {msg})") from None
-        if offset.shape != (meta["bands"],) or scale.shape != (meta["bands"],) or (scale <= 0).any():
+        bands = meta["bands"]
+        if offset.shape != (bands,) or scale.shape != (bands,) or (scale <= 0).any():
             raise ModelError(f"{where}: bad normalisation arrays")
-        return cls(module, meta["band_names"], offset, scale, meta, resolve_device(device))
+        if noise is not None and (noise[0].shape != (bands,) or noise[1].ndim != 2 or noise[1].shape[0] != bands
+                                  or noise[1].shape[1] > bands):
+            raise ModelError(f"{where}: residual covariance arrays do not match the model's {bands} bands")
+        return cls(module, meta["band_names"], offset, scale, meta, resolve_device(device), noise)
 
 
 def _normalisation(stats: Any, reconstruction: str) -> tuple[np.ndarray, np.ndarray]:
