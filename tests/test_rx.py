@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import write_tif
+from tests.conftest import write_tif
 
 from pipeline.cli import cli
 from pipeline.config import load_config

@@ -55,7 +55,7 @@ def test_seed_preset_is_the_textbook_model(sample_file):
     settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
     det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
     m = det.module
-    assert det.architecture == {"hidden": [32], "latent": 32, "beta": 1.0, "reconstruction": "bce"}
+    assert det.architecture == {"hidden": [32], "latent": 32, "beta": 1.0, "reconstruction": "bce", "noise": "unit"}
     assert m.encoder[0].in_features == 16 and m.encoder[0].out_features == 32 and m.mu.out_features == 32
     assert isinstance(m.decoder[-1], torch.nn.Sigmoid)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN
+from tests.conftest import FAST_TRAIN
 
 from pipeline.config import load_config
 from pipeline.detectors import load_detector
