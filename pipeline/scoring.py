@@ -1,7 +1,8 @@
 """The streaming scorer: a tile's windows -> detector -> score raster (and optional anomaly mask).
 
-Memory is bounded by one window whatever the tile's size. Invalid pixels (nodata, NaN, masked in any band) are
-never scored: they are nodata in every output.
+Reader threads, the detector and a writer thread run overlapped with bounded queues between them, so throughput
+approaches the speed of reading the raster and memory is bounded by a few windows whatever the tile's size.
+Invalid pixels (nodata, NaN, masked in any band) are never scored: they are nodata in every output.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.detectors.base import Detector
 from pipeline.errors import InputError, RsvaeWarning
-from pipeline.raster import WindowReader, info_of, iter_windows, open_raster, output_nodata, writer_like
+from pipeline.raster import (
+    Block,
+    BlockReader,
+    BlockWriter,
+    info_of,
+    iter_windows,
+    open_raster,
+    output_nodata,
+    writer_like,
+)
 
 MASK_NODATA = 255
 
@@ -33,6 +44,8 @@ class ScoreSummary:
     seconds: float
     threshold: float | None = None
     flagged: int | None = None
+    #: Seconds spent making the COG(s) after the last window (overviews, compression, statistics).
+    finish_seconds: float = 0.0
 
 
 def check_crs(detector: Detector, info, tile: str | Path) -> None:
@@ -60,11 +73,16 @@ def score_raster(
     seed: int = 0,
     chunk: int = 65536,
     progress: Callable[[int], None] | None = None,
+    readers: int = 2,
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
     With ``mask_out`` and ``fpr``, also write a uint8 mask (1 = anomaly) thresholded where a fraction ``fpr`` of
     held-out normal pixels would be flagged.
+
+    Reading (``readers`` threads, a dataset handle each), the detector and writing run overlapped, with bounded
+    queues between them, so memory stays bounded by a few windows whatever the tile's size. The detector runs in
+    the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
     """
     if mask_out is not None and fpr is None:
         raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
@@ -75,40 +93,73 @@ def score_raster(
         info = info_of(ds)
         detector.check_bands(info.count, str(tile))
         check_crs(detector, info, tile)
-        nodata = output_nodata(info)
-        origin = getattr(detector, "origin", {})
-        tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
-                "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
-        reader = WindowReader(ds)
-        valid_total = flagged = 0
-        with contextlib.ExitStack() as stack:
-            scores = stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
-                                                     descriptions=list(detector.outputs), tags=tags))
-            mask = None
-            if mask_out is not None:
-                mask = stack.enter_context(writer_like(
-                    info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
-                    tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold)))
-            for window in iter_windows(ds):
-                data, valid = reader.read(window)
-                block = np.full((len(detector.outputs), *valid.shape), nodata, np.float32)
-                n = int(valid.sum())
+        windows = iter_windows(ds)
+    nodata = output_nodata(info)
+    origin = getattr(detector, "origin", {})
+    tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
+            "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
+    valid_total = flagged = 0
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
+                                                   descriptions=list(detector.outputs), tags=tags))]
+        if mask_out is not None:
+            writers.append(stack.enter_context(writer_like(
+                info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
+                tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold))))
+        margin = int(getattr(detector, "halo", 0) or 0)
+        blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
+                                                 threads=readers))
+        sink = stack.enter_context(BlockWriter(writers))
+        for block in blocks:
+            scores, valid = score_block(detector, block, nodata, options)
+            n = int(valid.sum())
+            if mask_out is None:
+                sink.write(block.window, scores)
+            else:
+                m = np.full(valid.shape, MASK_NODATA, np.uint8)
                 if n:
-                    terms = detector.score(data[:, valid].T, **options)
-                    for i, k in enumerate(detector.outputs):
-                        block[i][valid] = terms[k]
-                scores.write(block, window)
-                if mask is not None:
-                    m = np.full(valid.shape, MASK_NODATA, np.uint8)
-                    if n:
-                        m[valid] = block[0][valid] > threshold
-                        flagged += int(m[valid].sum())
-                    mask.write(m[None], window)
-                valid_total += n
-                if progress:
-                    progress(int(window.width * window.height))
-            if valid_total == 0:
-                warnings.warn(f"{tile}: no valid pixel (all nodata, NaN or masked); the output is all nodata",
-                              RsvaeWarning, stacklevel=2)
+                    m[valid] = scores[0][valid] > threshold
+                    flagged += int(np.count_nonzero(m == 1))
+                sink.write(block.window, scores, m[None])
+            valid_total += n
+            if progress:
+                progress(int(block.window.width * block.window.height))
+        if valid_total == 0:
+            warnings.warn(f"{tile}: no valid pixel (all nodata, NaN or masked); the output is all nodata",
+                          RsvaeWarning, stacklevel=2)
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
-                        threshold, flagged if mask_out is not None else None)
+                        threshold, flagged if mask_out is not None else None,
+                        finish_seconds=sum(w.finish_seconds for w in writers))
+
+
+def score_block(detector: Detector, block: Block, nodata: float,
+                options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Score one block: ``(outputs (k, rows, cols) float32 with nodata where invalid, valid (rows, cols))``.
+
+    The detector is asked, in this order, for ``score_block(data, valid, inner, **options)`` (detectors that need
+    neighbours: ``data``/``valid`` include a margin of ``detector.halo`` pixels, ``inner`` slices the window out of
+    them; it returns a dict of (rows, cols) arrays for the window), ``score_bands(pixels (bands, n))`` (a band-major
+    fast path: no transposed copy of rasterio's blocks), or the generic ``score(pixels (n, bands))``.
+    """
+    data, valid = block.core()
+    k = len(detector.outputs)
+    out = np.full((k, *valid.shape), nodata, np.float32)
+    if not valid.any():
+        return out, valid
+    if hasattr(detector, "score_block"):
+        terms = detector.score_block(block.data, block.valid, block.inner, **options)
+        for i, key in enumerate(detector.outputs):
+            out[i][valid] = np.asarray(terms[key])[valid]
+        return out, valid
+    everything = bool(valid.all())
+    pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
+    if hasattr(detector, "score_bands"):
+        terms = detector.score_bands(pixels, **options)
+    else:
+        terms = detector.score(pixels.T, **options)
+    for i, key in enumerate(detector.outputs):
+        if everything:
+            out[i].reshape(-1)[:] = terms[key]
+        else:
+            out[i][valid] = terms[key]
+    return out, valid
