@@ -1,21 +1,22 @@
 """Scoring and training throughput of rsvae against reading the raster, and against PyOD's VAE.
 
-Builds (once, cached) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF (deflate + floating-point predictor, 256-pixel
-tiles), trains the default VAE on a 200 000-pixel sample of the same scene, then measures, each stage in its own
-child process (so its peak RSS is its own):
+Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF (deflate + floating-point predictor,
+256-pixel tiles) and one half its size, then runs each measurement in a new process, timed from its start to its end
+(start-up included, as a user sees it), with its own peak RSS:
 
-- reading every block of the raster (the speed limit of any scorer);
-- an I/O-only loop: ``score_raster`` with a model that does no maths (read + write a 3-band float32 COG);
-- ``rsvae score`` end to end (the command line, start-up included);
-- the same ``rsvae score`` on a raster a quarter the size, to show peak RSS does not grow with the raster;
+- training the default VAE on a 200 000-pixel sample of the scene: pixels seen per second, time to early stopping
+  (with the config's threads, all cores, and with one thread);
+- reading every block: with one dataset handle (the targets' baseline) and with rsvae's threaded reader;
+- two I/O-only loops (read + write a 3-band float32 COG with rsvae's writer, no model): a plain sequential loop, and
+  rsvae's streaming scorer with a model that does nothing;
+- ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster);
 - in-memory scoring of 1 M pixels through the Python API, and PyOD's VAE ``decision_function`` on the same pixels
-  (when pyod is installed: ``pip install rsvae[bench]``);
-- training the default model (pixels seen per second, and the time to early stopping).
+  (when pyod is installed: ``pip install rsvae[bench]``), both with one torch thread.
 
-Prints a markdown table and the pass/fail of the targets of the performance issue. Timings are noisy on shared
-machines: the ratios within one run are what count.
+Prints a markdown table and the pass/fail of the performance targets. Timings are noisy on shared machines: the
+ratios within one run are what count.
 
-    python benchmarks/throughput.py                 # the 4096 x 4096 x 64 raster (4 GiB; built once in --cache)
+    python benchmarks/throughput.py                 # 4096 x 4096 x 64 (4 GiB uncompressed, 2.8 GiB on disk)
     python benchmarks/throughput.py --size 512      # seconds
 """
 
@@ -230,7 +231,25 @@ def stage_api(model: str, n: int, bands: int, pyod: str = "yes") -> dict:
     return res
 
 
-STAGES = {"read": stage_read, "io": stage_io, "api": stage_api, "train": stage_train}
+def stage_io_plain(raster: str, out: str) -> dict:
+    """An I/O-only loop without any overlap: read a block, write a 3-band block with rsvae's writer, repeat."""
+    from pipeline.raster import WindowReader, info_of, iter_windows, open_raster, output_nodata, writer_like
+
+    t0 = time.perf_counter()
+    with open_raster(raster) as ds:
+        info = info_of(ds)
+        nodata = output_nodata(info)
+        reader = WindowReader(ds)
+        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NullDetector.outputs)) as w:
+            for window in iter_windows(ds):
+                data, valid = reader.read(window)
+                block = np.full((3, *valid.shape), nodata, np.float32)
+                block[:, valid] = data[0][valid]
+                w.write(block, window)
+    return {"seconds": time.perf_counter() - t0, "finish": w.finish_seconds}
+
+
+STAGES = {"read": stage_read, "io": stage_io, "io_plain": stage_io_plain, "api": stage_api, "train": stage_train}
 
 
 LAUNCHER = r"""
@@ -257,8 +276,9 @@ class Launcher:
     """
 
     def __init__(self):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env=env)
 
     def run(self, argv: list[str]) -> tuple[float, float, str]:
         """Run ``argv``; return (wall seconds, peak RSS in MiB, stdout)."""
@@ -328,29 +348,33 @@ def report(a: argparse.Namespace, launcher: Launcher) -> int:
                                      a.bands, threads)
         trainings.append((result, rss_train))
 
+    # Every stage below is a new process, timed from its start to its end (start-up included, as a user sees it).
     say("reading ...")
-    read, _, read_rss = stage(launcher, "read", raster, 0)
-    read_mpx = px / read["seconds"] / 1e6
+    _, read_wall, read_rss = stage(launcher, "read", raster, 0)
+    read_mpx = px / read_wall / 1e6
     rows.append(("read every block, one dataset handle (the targets' baseline)", f"{read_mpx:.2f}", "1.00",
                  f"{read_rss:.0f}"))
-    read2, _, read2_rss = stage(launcher, "read", raster, 2)
-    read2_mpx = px / read2["seconds"] / 1e6
+    _, read2_wall, read2_rss = stage(launcher, "read", raster, 2)
+    read2_mpx = px / read2_wall / 1e6
     rows.append(("read every block with rsvae's reader (2 threads, a handle each)", f"{read2_mpx:.2f}",
                  f"{read2_mpx / read_mpx:.2f}", f"{read2_rss:.0f}"))
 
-    say("I/O-only loop ...")
-    io, _, io_rss = stage(launcher, "io", raster, work / "io.tif")
-    io_mpx = px / io["seconds"] / 1e6
-    rows.append((f"I/O-only loop: `score_raster` with a model that does nothing (read + write a 3-band float32 "
-                 f"COG; its COG step {io['finish']:.1f} s)", f"{io_mpx:.2f}", f"{io_mpx / read_mpx:.2f}",
-                 f"{io_rss:.0f}"))
+    say("I/O-only loops ...")
+    plain, plain_wall, plain_rss = stage(launcher, "io_plain", raster, work / "plain.tif")
+    plain_mpx = px / plain_wall / 1e6
+    rows.append((f"I/O-only, one plain loop: read a block, write a 3-band float32 block with rsvae's writer "
+                 f"(COG step {plain['finish']:.1f} s)", f"{plain_mpx:.2f}", f"{plain_mpx / read_mpx:.2f}",
+                 f"{plain_rss:.0f}"))
+    io, io_wall, io_rss = stage(launcher, "io", raster, work / "io.tif")
+    io_mpx = px / io_wall / 1e6
+    rows.append((f"I/O-only through rsvae's streaming scorer with a model that does nothing "
+                 f"(COG step {io['finish']:.1f} s)", f"{io_mpx:.2f}", f"{io_mpx / read_mpx:.2f}", f"{io_rss:.0f}"))
 
     say("rsvae score ...")
     rsvae = [sys.executable, "-m", "pipeline", "score"]
     wall, rss, _ = launcher.run([*rsvae, "-q", str(model), str(raster), "-o", str(work / "score.tif")])
     score_mpx = px / wall / 1e6
-    rows.append(("`rsvae score` end to end (a new process: start-up included)", f"{score_mpx:.2f}",
-                 f"{score_mpx / read_mpx:.2f}", f"{rss:.0f}"))
+    rows.append(("`rsvae score`, default model", f"{score_mpx:.2f}", f"{score_mpx / read_mpx:.2f}", f"{rss:.0f}"))
     wall_s, rss_s, _ = launcher.run([*rsvae, "-q", str(model), str(small), "-o", str(work / "score_small.tif")])
     rows.append((f"`rsvae score` on the {half}² raster", f"{half**2 / wall_s / 1e6:.2f}", "–", f"{rss_s:.0f}"))
 
@@ -369,8 +393,9 @@ def report(a: argparse.Namespace, launcher: Launcher) -> int:
 
     checks.append(("1a. `rsvae score` ≥ 0.6 × reading", score_mpx >= TARGET_READ * read_mpx,
                    f"{score_mpx / read_mpx:.2f} × (× the 2-thread read: {score_mpx / read2_mpx:.2f})"))
-    checks.append(("1b. `rsvae score` ≥ 0.8 × the I/O-only loop", score_mpx >= TARGET_IO * io_mpx,
-                   f"{score_mpx / io_mpx:.2f} ×"))
+    checks.append(("1b. `rsvae score` ≥ 0.8 × the I/O-only loop (rsvae's streaming scorer, no model)",
+                   score_mpx >= TARGET_IO * io_mpx,
+                   f"{score_mpx / io_mpx:.2f} × (× the plain I/O loop: {score_mpx / plain_mpx:.2f})"))
     checks.append(("2. peak RSS of `rsvae score` < 512 MiB, flat in raster size",
                    rss < TARGET_RSS_MIB and rss_s < TARGET_RSS_MIB and rss <= rss_s * 1.1 + 16,
                    f"{rss:.0f} MiB at {a.size}², {rss_s:.0f} MiB at {half}²"))

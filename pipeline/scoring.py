@@ -13,11 +13,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.detectors.base import Detector
 from pipeline.errors import InputError, RsvaeWarning
 from pipeline.raster import (
     Block,
@@ -29,6 +28,9 @@ from pipeline.raster import (
     output_nodata,
     writer_like,
 )
+
+if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
+    from pipeline.detectors.base import Detector
 
 MASK_NODATA = 255
 

@@ -140,3 +140,15 @@ def test_unreadable_block_leaves_no_output(model_dir, tmp_path):
     with pytest.raises(InputError, match="bad.tif: could not read window"):
         score_raster(load_detector(model_dir), path, tmp_path / "o.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]
+
+
+def test_posterior_samples_are_seeded(model_dir, demo, tmp_path):
+    det = load_detector(model_dir)
+    outs = []
+    for name, samples, seed in (("a", 3, 1), ("b", 3, 1), ("c", 1, 1)):
+        score_raster(det, demo.test[0], tmp_path / f"{name}.tif", samples=samples, seed=seed)
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            outs.append(ds.read())
+    assert np.array_equal(outs[0], outs[1])  # same seed, same draws
+    np.testing.assert_allclose(outs[0][2], outs[2][2], rtol=1e-4, atol=1e-4)  # the KL term does not sample
+    assert not np.array_equal(outs[0][1], outs[2][1])  # the reconstruction term does
