@@ -11,7 +11,7 @@ def test_throughput_benchmark_smoke(tmp_path, capsys, monkeypatch):
     import throughput
 
     assert throughput.main(["--size", "256", "--bands", "8", "--cache", str(tmp_path), "--train-pixels", "3000",
-                            "--api-pixels", "4000", "--train-threads", "1"]) == 0
+                            "--api-pixels", "4000", "--train-threads", "1", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     for needle in ("read every block", "I/O-only", "`rsvae score`", "Python API", "training the default model",
                    "1a.", "1b.", "2. peak RSS", "3. API scoring", "4. training"):
