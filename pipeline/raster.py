@@ -424,8 +424,7 @@ COG_OPTIONS = {
 #: The temporary file's settings: uncompressed. Float scores hardly compress without a predictor (zstd made the
 #: temporary 10 % larger), and reading it back for overviews took 3 x longer than uncompressed.
 TEMP_OPTIONS = {"tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "IF_SAFER"}
-TEMP_ENV = {"GDAL_CACHEMAX": 16, "COMPRESS_OVERVIEW": "NONE", "GDAL_NUM_THREADS": "ALL_CPUS",
-            "GDAL_DISABLE_READDIR_ON_OPEN": "FALSE"}
+TEMP_ENV = {"GDAL_CACHEMAX": 16, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_DISABLE_READDIR_ON_OPEN": "FALSE"}
 
 
 def _temp_path(path: Path, suffix: str) -> Path:
@@ -582,7 +581,9 @@ class RasterWriter:
             if factors:
                 from rasterio.enums import Resampling
 
-                with rasterio.open(self._tmp, "r+") as ds:
+                # uncompressed like the temporary (this option must not reach the COG copy: its overviews
+                # would stay uncompressed too)
+                with rasterio.Env(COMPRESS_OVERVIEW="NONE"), rasterio.open(self._tmp, "r+") as ds:
                     ds.build_overviews(factors, Resampling[self.resampling.lower()])
             rasterio.shutil.copy(self._tmp, self._cog, driver="COG", **dict(COG_OPTIONS, RESAMPLING=self.resampling))
         os.replace(self._cog, self.path)

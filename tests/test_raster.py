@@ -173,6 +173,7 @@ def test_writer_records_statistics_of_valid_values_and_overviews(tmp_path):
     write_raster(out, data, nodata=-1.0)
     with rasterio.open(out) as ds:
         assert ds.overviews(1) == [2, 4]
+        assert ds.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
         for b in (1, 2):
             tags = ds.tags(b)
             v = data[b - 1][(data[b - 1] != -1.0) & np.isfinite(data[b - 1])].astype(np.float64)
@@ -183,3 +184,7 @@ def test_writer_records_statistics_of_valid_values_and_overviews(tmp_path):
             assert float(tags["STATISTICS_VALID_PERCENT"]) == pytest.approx(100 * v.size / data[0].size)
         ovr = ds.read(1, out_shape=(300, 260))  # the first overview level: averages of valid pixels
         assert np.nanmin(ovr[5:]) >= data[0][10:].min() and np.nanmax(ovr[5:]) <= data[0].max()
+    for level in (0, 1):  # overviews are compressed like the full resolution
+        with rasterio.open(out, overview_level=level) as ovr:
+            assert ovr.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION") == "DEFLATE"
+            assert ovr.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
