@@ -52,3 +52,104 @@ def test_band_mismatch_names_file_and_counts(model_dir, tmp_path):
 def test_mask_needs_fpr(model_dir, demo, tmp_path):
     with pytest.raises(InputError, match="--fpr"):
         score_raster(load_detector(model_dir), demo.test[0], tmp_path / "o.tif", mask_out=tmp_path / "m.tif")
+
+
+# ---- the streaming loop: deterministic whatever the threads, generic over detectors, margins for neighbours
+
+class BandSum:
+    """A detector with only the generic ``score(pixels (n, bands))``: the sum of the bands."""
+
+    kind = "band-sum"
+    outputs = ("score", "first")
+    meta: dict = {}
+
+    def check_bands(self, count, source):
+        pass
+
+    def score(self, pixels, **_):
+        return {"score": pixels.sum(axis=1, dtype=np.float32), "first": pixels[:, 0].astype(np.float32)}
+
+
+class NeighbourSum(BandSum):
+    """A detector that needs neighbours: the sum of band 1 over each pixel's 3x3 neighbourhood in the raster."""
+
+    kind = "neighbour-sum"
+    outputs = ("score",)
+    halo = 1
+
+    def score_block(self, data, valid):
+        from scipy.ndimage import convolve
+
+        h = self.halo  # data and valid carry exactly `halo` pixels of margin on every side
+        return {"score": convolve(np.where(valid, data[0], 0.0), np.ones((3, 3)), mode="constant")[h:-h, h:-h]}
+
+
+def _tiled_raster(tmp_path, rows=100, cols=130):
+    data = np.random.default_rng(3).normal(size=(4, rows, cols)).astype(np.float32)
+    data[:, 40, 50] = -9999.0
+    return data, write_tif(tmp_path / "in.tif", data, nodata=-9999.0, tiled=True, blockxsize=32, blockysize=32)
+
+
+def test_scores_identical_whatever_the_reader_threads(model_dir, demo, tmp_path):
+    det = load_detector(model_dir)
+    runs = []
+    for readers in (0, 1, 3):
+        out = tmp_path / f"s{readers}.tif"
+        score_raster(det, demo.test[0], out, readers=readers)
+        with rasterio.open(out) as ds:
+            runs.append((ds.read(), [ds.tags(b) for b in (1, 2, 3)]))
+    for data, tags in runs[1:]:
+        assert np.array_equal(data, runs[0][0]) and tags == runs[0][1]
+
+
+def test_generic_detector_without_fast_path(tmp_path):
+    data, path = _tiled_raster(tmp_path)
+    out = tmp_path / "o.tif"
+    summary = score_raster(BandSum(), path, out, mask_out=None)
+    valid = (data != -9999.0).all(0)
+    with rasterio.open(out) as ds:
+        s = ds.read()
+        assert ds.descriptions == ("score", "first")
+        np.testing.assert_allclose(s[0][valid], data[:, valid].sum(0), rtol=1e-6)
+        np.testing.assert_array_equal(s[1][valid], data[0][valid])
+        assert (s[:, ~valid] == -9999.0).all()
+        assert float(ds.tags(2)["STATISTICS_MAXIMUM"]) == pytest.approx(float(data[0][valid].max()))
+    assert summary.valid_pixels == int(valid.sum()) and summary.finish_seconds > 0
+
+
+def test_detector_with_a_halo_sees_neighbours_across_windows(tmp_path):
+    from scipy.ndimage import convolve
+
+    data, path = _tiled_raster(tmp_path)
+    out = tmp_path / "o.tif"
+    score_raster(NeighbourSum(), path, out)
+    valid = (data != -9999.0).all(0)
+    expected = convolve(np.where(valid, data[0], 0.0), np.ones((3, 3)), mode="constant")
+    with rasterio.open(out) as ds:
+        s = ds.read(1)
+    np.testing.assert_allclose(s[valid], expected[valid], rtol=1e-5, atol=1e-5)
+    assert (s[~valid] == -9999.0).all()
+
+
+def test_unreadable_block_leaves_no_output(model_dir, tmp_path):
+    data = np.random.default_rng(4).normal(size=(16, 256, 256)).astype(np.float32)
+    path = write_tif(tmp_path / "bad.tif", data, tiled=True, blockxsize=32, blockysize=32, compress="deflate")
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\x00\xff" * (size // 8))
+    with pytest.raises(InputError, match="bad.tif: could not read window"):
+        score_raster(load_detector(model_dir), path, tmp_path / "o.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]
+
+
+def test_posterior_samples_are_seeded(model_dir, demo, tmp_path):
+    det = load_detector(model_dir)
+    outs = []
+    for name, samples, seed in (("a", 3, 1), ("b", 3, 1), ("c", 1, 1)):
+        score_raster(det, demo.test[0], tmp_path / f"{name}.tif", samples=samples, seed=seed)
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            outs.append(ds.read())
+    assert np.array_equal(outs[0], outs[1])  # same seed, same draws
+    np.testing.assert_allclose(outs[0][2], outs[2][2], rtol=1e-4, atol=1e-4)  # the KL term does not sample
+    assert not np.array_equal(outs[0][1], outs[2][1])  # the reconstruction term does

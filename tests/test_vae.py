@@ -103,3 +103,39 @@ def test_module_shapes():
     m = VAE(10, [8, 4], 2)
     xhat, mu, logvar = m(torch.zeros(5, 10))
     assert xhat.shape == (5, 10) and mu.shape == (5, 2)
+
+
+# ---- the band-major fast path follows the reference path (nn.Module, float64 normalisation)
+
+def _assert_close_to_reference(det, pixels, got):
+    ref = det.score_tensor(torch.from_numpy(det.normalise(pixels)))
+    for k in det.outputs:
+        np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=2e-5 * float(np.abs(ref[k]).max()), err_msg=k)
+
+
+def test_fast_path_equals_reference_path(model_dir, sample_file):
+    det = load_detector(model_dir)
+    x = load_sample(sample_file).pixels[:5000]
+    _assert_close_to_reference(det, x, det.score(x))
+    _assert_close_to_reference(det, x, det.score_bands(np.ascontiguousarray(x.T)))  # rasterio's layout
+    _assert_close_to_reference(det, x, det.score(x.astype(np.float64), chunk=777))
+    assert all(v.shape == (0,) for v in det.score(x[:0]).values())
+
+
+def test_fast_path_equals_reference_path_for_bce(sample_file):
+    s = load_sample(sample_file)
+    settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
+    det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    x = s.pixels[:3000] * 1.5  # some pixels outside the training range: min-max clipping at work
+    _assert_close_to_reference(det, x, det.score(x))
+
+
+def test_band_major_layers_equal_the_module():
+    torch.manual_seed(0)
+    m = VAE(12, [16, 8], 3, sigmoid_output=True)
+    x = torch.randn(50, 12) * 3
+    mu, logvar = m.encode(x)
+    mu_bm, logvar_bm = m.encode_bm(x.T.contiguous())
+    torch.testing.assert_close(mu_bm.T, mu)
+    torch.testing.assert_close(logvar_bm.T, logvar)
+    torch.testing.assert_close(m.decode_bm(mu.T.contiguous()).T, m.decode(mu))
