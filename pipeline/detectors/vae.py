@@ -335,11 +335,14 @@ class VAEDetector(Detector):
         """Per-pixel ``score`` = reconstruction + beta * KL, and the two terms, for ``pixels`` (n, bands).
 
         The KL term is at the posterior; the reconstruction term at the posterior mean, or averaged over
-        ``samples`` posterior draws (seeded) when ``samples`` > 1.
+        ``samples`` posterior draws (seeded) when ``samples`` > 1 (that goes the reference path, ``score_tensor``).
         """
         self.check_bands(pixels.shape[1], "input")
         if samples <= 1:
-            return self.score_bands(np.asarray(pixels).T, chunk=chunk)
+            pixels = np.asarray(pixels)
+            if pixels.T.flags.c_contiguous and not pixels.flags.c_contiguous:  # a view of band-major memory
+                return self._fast(pixels.T, True, chunk)
+            return self._fast(pixels, False, chunk)
         out = {k: np.empty(pixels.shape[0], np.float32) for k in self.outputs}
         gen = torch.Generator(device=self.device).manual_seed(seed)
         for i in range(0, pixels.shape[0], chunk):
@@ -351,33 +354,40 @@ class VAEDetector(Detector):
 
     def score_bands(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
                     chunk: int = 65536) -> dict[str, np.ndarray]:
-        """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block: the fast path.
-
-        Normalises in float32 on the fly and runs the layers as W @ x in cache-sized chunks of SCORE_CHUNK
-        pixels, so neither a transposed nor a float64 copy of the block is made; the per-pixel maths is
-        ``score_terms``, shared with ``score_tensor``. With ``samples`` > 1 it goes the sampling path of ``score``.
-        """
+        """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block: no transposed copy."""
         self.check_bands(pixels.shape[0], "input")
         if samples > 1:
             return self.score(np.asarray(pixels).T, samples, seed, chunk)
-        n = pixels.shape[1]
+        return self._fast(pixels, True, chunk)
+
+    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int) -> dict[str, np.ndarray]:
+        """The fast path of ``score``/``score_bands``: float32 normalisation on the fly, layers on cache-sized
+        chunks of SCORE_CHUNK pixels in the input's own layout (band-major: W @ x; pixel-major: x @ W.T), no
+        float64 or transposed copy; the per-pixel maths is ``score_terms``, shared with ``score_tensor``."""
+        n = pixels.shape[1] if band_major else pixels.shape[0]
         out = {k: np.empty(n, np.float32) for k in self.outputs}
         if n == 0:
             return out
         views = {k: torch.from_numpy(v) for k, v in out.items()}
-        offset, inv_scale = self._normaliser()
+        offset, inv_scale = self._normaliser()  # (bands, 1)
+        if not band_major:
+            offset, inv_scale = offset.T, inv_scale.T
         step = max(1, min(int(chunk), SCORE_CHUNK))
+        bce = self.architecture["reconstruction"] == "bce"
         with torch.inference_mode():
             for i in range(0, n, step):
-                part = pixels[:, i:i + step]
+                part = pixels[:, i:i + step] if band_major else pixels[i:i + step]
                 if part.dtype != np.float32 or not part.flags.writeable:
                     part = part.astype(np.float32)
-                x = torch.from_numpy(part).to(self.device)
-                x = (x - offset).mul_(inv_scale)
-                if self.architecture["reconstruction"] == "bce":
+                x = (torch.from_numpy(part).to(self.device) - offset).mul_(inv_scale)
+                if bce:
                     x = x.clamp_(0.0, 1.0)
-                mu, logvar = self.module.encode_bm(x)
-                terms = self.score_terms(x.T, self.module.decode_bm(mu).T, mu.T, logvar.T)
+                if band_major:
+                    mu, logvar = self.module.encode_bm(x)
+                    terms = self.score_terms(x.T, self.module.decode_bm(mu).T, mu.T, logvar.T)
+                else:
+                    mu, logvar = self.module.encode(x)
+                    terms = self.score_terms(x, self.module.decode(mu), mu, logvar)
                 for k in self.outputs:
                     views[k][i:i + step] = terms[k]
         for v in out.values():
