@@ -23,7 +23,7 @@ def test_georeference_nodata_and_values(model_dir, demo, tmp_path):
         scores = ds.read()
         assert (scores[:, ~valid] == ds.nodata).all()
         direct = det.score(data[:, valid].T)
-        assert np.allclose(scores[0][valid], direct["score"], rtol=1e-6)
+        assert np.allclose(scores[0][valid], direct["score"], rtol=5e-5)  # band-major vs pixel-major fp32 order
         mk = m.read(1)
         assert (mk[~valid] == 255).all()
         assert np.array_equal(mk[valid] == 1, scores[0][valid] > summary.threshold)
