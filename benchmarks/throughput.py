@@ -326,16 +326,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     launcher = Launcher()  # first, while this process is small
+    work = Path(tempfile.mkdtemp(prefix="rsvae-bench-"))
     try:
-        return report(a, launcher)
+        return report(a, launcher, work)
     finally:
         launcher.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def report(a: argparse.Namespace, launcher: Launcher) -> int:
-    """Run every measurement and print the table."""
+def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
+    """Run every measurement in the scratch folder ``work`` and print the table."""
     a.cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="rsvae-bench-"))
     rows: list[tuple[str, str, str, str]] = []
     checks: list[tuple[str, bool, str]] = []
     say = functools.partial(print, file=sys.stderr, flush=True)
@@ -440,7 +441,6 @@ def report(a: argparse.Namespace, launcher: Launcher) -> int:
     print("| --- | --- | --- |")
     for name, ok, value in checks:
         print(f"| {name} | {value} | {'yes' if ok else 'NO'} |")
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
