@@ -248,7 +248,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--patience", type=int, help="Epochs without improvement before stopping (0 = never).  [default: 10]")
 @click.option("--seed", type=int, help="Random seed (weights, shuffling, split).  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 0]")
+@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--inner-window", type=int, help="LRX guard window, odd.  [default: 3]")
 @click.option("--outer-window", type=int, help="LRX background window, odd.  [default: 15]")
 @common
