@@ -259,6 +259,19 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
             continue
 
 
+def join_all(threads: Sequence[threading.Thread], stop: threading.Event) -> None:
+    """Join ``threads`` even when a signal's exception lands during the join: a reader or writer thread must not
+    outlive the datasets it uses (closing one under a running GDAL call crashes the process)."""
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+
+
 class BlockReader:
     """Reads the windows of a raster in background threads and yields them as Blocks, in order.
 
@@ -341,8 +354,7 @@ class BlockReader:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._stop.set()
-        for t in self._workers:
-            t.join()
+        join_all(self._workers, self._stop)
 
 
 class BlockWriter:
@@ -361,7 +373,12 @@ class BlockWriter:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
             if item is None or self._stop.is_set():
                 return
             window, arrays = item
@@ -387,18 +404,23 @@ class BlockWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        try:
+            if exc_type is not None:
+                self._stop.set()
+            while self._thread.is_alive():  # hand the thread its end marker, dropping queued blocks when stopping
+                try:
+                    self._queue.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    if self._stop.is_set():
+                        with contextlib.suppress(queue.Empty):
+                            while True:
+                                self._queue.get_nowait()
+        except BaseException:  # a signal landed here: stop the thread, and still join it below
             self._stop.set()
-        while self._thread.is_alive():  # hand the thread its end marker, dropping queued blocks when stopping
-            try:
-                self._queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                if self._stop.is_set():
-                    with contextlib.suppress(queue.Empty):
-                        while True:
-                            self._queue.get_nowait()
-        self._thread.join()
+            raise
+        finally:
+            join_all([self._thread], self._stop)
         if exc_type is None and self._error is not None:
             raise self._error
 
