@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    from rasterio.errors import NotGeoreferencedWarning
+
     warnings.filterwarnings("ignore", message=".*has no CRS.*")  # the scenes carry no georeference
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     rows, summary = [], {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.work or Path(tmp)
