@@ -7,6 +7,8 @@ User errors print one line (``Error: FILE: problem``) and exit non-zero; ``--deb
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import signal
 import sys
 import warnings
@@ -26,7 +28,7 @@ class RsvaeGroup(click.Group):
     """A click group that turns RsvaeErrors into one-line messages and a non-zero exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv[1:]
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except RsvaeError as exc:
@@ -34,9 +36,18 @@ class RsvaeGroup(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except OSError as exc:  # the system refused (disk full, I/O error) somewhere not wrapped in an RsvaeError
+            if debug:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt as exc:
+            from pipeline.raster import remove_temporaries
+
+            remove_temporaries()  # whatever a writer could not remove itself (the signal hit its way in or out)
             click.echo("Interrupted; no partial output was left.", err=True)
-            ctx.exit(130)
+            ctx.exit(128 + getattr(exc, "signum", signal.SIGINT))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -44,9 +55,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"{prefix}: {message}", err=True)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # Unwind like Ctrl-C so every context manager removes its temporary files.
-    raise KeyboardInterrupt
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (Ctrl-C, a cluster's job kill, Snakemake's cancel), raised like Ctrl-C so every
+    context manager removes its temporary files; the exit code is 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # A repeated signal (schedulers send SIGTERM more than once, users press Ctrl-C twice) must not
+    # interrupt the cleanup the first one started; SIGKILL still ends the process at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 @contextmanager
@@ -102,6 +125,15 @@ def cli(debug: bool) -> None:
     Run `rsvae COMMAND --help` for each command's options.
     """
     warnings.showwarning = _show_warning
+    # rasterio's own note duplicates rsvae's one-line warning about a tile without georeference.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    if not debug:
+        # GDAL prints some failures (a write error while closing a file) straight to stderr, and rasterio
+        # logs others; the one-line Error that rsvae raises for them says it, --debug shows the raw text.
+        os.environ.setdefault("CPL_LOG", "OFF")
+        rio_log = logging.getLogger("rasterio")
+        if not any(isinstance(h, logging.NullHandler) for h in rio_log.handlers):
+            rio_log.addHandler(logging.NullHandler())
 
 
 @cli.command(context_settings=CONTEXT)
@@ -221,7 +253,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--patience", type=int, help="Epochs without improvement before stopping (0 = never).  [default: 10]")
 @click.option("--seed", type=int, help="Random seed (weights, shuffling, split).  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 0]")
+@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--inner-window", type=int, help="LRX guard window, odd.  [default: 3]")
 @click.option("--outer-window", type=int, help="LRX background window, odd.  [default: 15]")
 @common
@@ -283,9 +315,10 @@ def score(model: str, tile: str, output: str, mask_out: str | None, config_path:
           --mask-out work/masks/tile_000.tif --fpr 0.001
     """
     from pipeline.detectors import load_detector
-    from pipeline.raster import describe
+    from pipeline.raster import check_distinct, describe
     from pipeline.scoring import score_raster
 
+    check_distinct(tile, [output, mask_out])
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
@@ -300,6 +333,224 @@ def score(model: str, tile: str, output: str, mask_out: str | None, config_path:
     say(quiet, msg)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path())
+@click.argument("truth", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Metrics JSON to write.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Folder for PNG plots (ROC, quicklook, histogram).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def evaluate(scores: str, truth: str, output: str | None, plots: str | None, quiet: bool) -> None:
+    """Compare a score raster with a truth raster (1 = anomaly) on the same grid.
+
+    Reports pixel ROC AUC, average precision, detection rate at false-alarm rates 1e-3 and 1e-2, the best-F1
+    threshold and background suppression; invalid (nodata) pixels are left out.
+
+    \b
+    Example:
+      rsvae evaluate work/scores/tile_000.tif demo/truth/tile_000.tif -o work/metrics/tile_000.json --plots work/plots
+    """
+    from pipeline.evaluate import evaluate as run
+
+    m = run(scores, truth, output, plots)
+    if output is None:
+        import json
+
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "plots"}, indent=2))
+    say(quiet, f"ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
+               f"detection at 1e-3 false alarms {m['detection_rate_at_far_0.001']:.3f}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("metrics", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--mask", "masks", multiple=True, type=click.Path(dir_okay=False),
+              help="Anomaly mask of a tile (from `rsvae score --mask-out`); repeat for each tile.")
+@click.option("--model", type=click.Path(), help="Model folder whose training curve to plot.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | None, output: str,
+              html_out: str | None, plot: str | None, quiet: bool) -> None:
+    """Tabulate every tile's results: pixels flagged in its mask and its METRICS (from `rsvae evaluate -o`).
+
+    One row per tile (the file name without extension); tiles without truth have empty metric cells.
+
+    \b
+    Example:
+      rsvae summarize results/metrics/*.json --mask results/masks/tile_000.tif --mask results/masks/tile_001.tif \\
+          --model results/model -o results/summary.csv --plot results/training_curve.png
+    """
+    from pipeline.report import summarize as run
+
+    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out)
+    say(quiet, f"wrote {output} ({len(rows)} tiles)" + (f" and {plot}" if plot else ""))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--mask", type=click.Path(dir_okay=False), help="Anomaly mask to overlay (flagged pixels in cyan).")
+@click.option("--band", type=int, default=1, show_default=True, help="Band of SCORES to show.")
+@click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: int, quiet: bool) -> None:
+    """Draw a PNG quicklook of a SCORES raster (a percentile stretch; nodata grey).
+
+    \b
+    Example:
+      rsvae quicklook results/scores/tile_000.tif --mask results/masks/tile_000.tif -o tile_000.png
+    """
+    from pipeline.report import quicklook as draw
+
+    if max_size < 16:
+        raise click.BadParameter("must be at least 16", param_hint="--max-size")
+    draw(scores, output, mask=mask, band=band, max_size=max_size)
+    say(quiet, f"wrote {output}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("tile", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Feature raster to write (float32 COG; bands latent_1 ... latent_k).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to encode.  [default: cpu]")
+@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
+@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@common
+def features(model: str, tile: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Write the VAE's latent features of every valid pixel of TILE: a float32 GeoTIFF with one band per latent
+    dimension (the posterior means), on TILE's grid, CRS and nodata.
+
+    Uses the score section of --config for device, threads and chunk.
+
+    \b
+    Example:
+      rsvae features work/model demo/test/tile_000.tif -o work/features/tile_000.tif
+    """
+    from pipeline.detectors import load_detector
+    from pipeline.generative import features as write_features
+    from pipeline.generative import require_vae
+    from pipeline.raster import describe
+
+    s, _ = settings(config_path, "score", **opts)
+    _set_threads(s["threads"])
+    det = require_vae(load_detector(model, s["device"]), "rsvae features")
+    info = describe(tile)
+    with pixel_bar(info.width * info.height, quiet, "features") as bar:
+        summary = write_features(det, tile, output, chunk=s["chunk"], progress=bar)
+    say(quiet, f"wrote {output}: {det.architecture['latent']} latent bands for {summary.valid_pixels} of "
+               f"{summary.pixels} pixels in {summary.seconds:.1f} s")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("-n", "--count", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Spectra to generate.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="CSV to write: one row per spectrum, one column per band (wavelength or band name).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also plot them beside real training spectra (PNG).")
+@click.option("--sample", "sample_path", type=click.Path(dir_okay=False),
+              help="Sample file with the real spectra for --plot.  [default: the one the model was trained on]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws.")
+@common
+def generate(model: str, count: int, output: str, plot: str | None, sample_path: str | None, seed: int,
+             config_path: str | None, quiet: bool) -> None:
+    """Generate spectra from a VAE MODEL: decode draws of the prior N(0, I) into spectra in the input's units.
+
+    The plot shows what the model believes normal ground looks like, beside the real training spectra's mean
+    and spread per band, so you can see whether it learned the data.
+
+    \b
+    Example:
+      rsvae generate work/model -n 50 -o work/generated.csv --plot work/generated.png
+    """
+    from pipeline import generative as gen
+    from pipeline.detectors import load_detector
+
+    det = gen.require_vae(load_detector(model), "rsvae generate")
+    if plot:
+        gen.plot_format(plot)  # fail before writing anything
+    spectra = gen.sample(det, count, seed)
+    gen.write_spectra_csv(output, gen.spectrum_columns(det), spectra, {"sample": range(count)})
+    msg = f"wrote {output}: {count} spectra of {det.bands} bands"
+    if plot:
+        ref = gen.reference_spectra(det, sample_path)
+        gen.plot_generated(det, spectra, plot, ref)
+        msg += f" and {plot}" + (f" (real spectra from {ref.source})" if ref.source else "")
+    say(quiet, msg)
+
+
+def _pair(kind: type) -> Callable[[click.Context, click.Parameter, str | None], tuple | None]:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        parts = value.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            return kind(parts[0]), kind(parts[1])
+        except ValueError:
+            what = "ROW,COL (two integers)" if kind is int else "X,Y (two numbers in the raster's CRS)"
+            raise click.BadParameter(f"expected {what}, got {value!r}") from None
+
+    return parse
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("tile", type=click.Path())
+@click.option("--from", "start", callback=_pair(int), metavar="ROW,COL", help="First pixel (row, col from 0).")
+@click.option("--to", "end", callback=_pair(int), metavar="ROW,COL", help="Second pixel (row, col from 0).")
+@click.option("--from-xy", "start_xy", callback=_pair(float), metavar="X,Y",
+              help="First pixel by map coordinates in TILE's CRS.")
+@click.option("--to-xy", "end_xy", callback=_pair(float), metavar="X,Y",
+              help="Second pixel by map coordinates in TILE's CRS.")
+@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Spectra along the path, both end points included.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="CSV to write: one row per step (step, t, then one column per band).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also plot the path and the two real spectra (PNG).")
+@common
+def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple[int, int] | None,
+                start_xy: tuple[float, float] | None, end_xy: tuple[float, float] | None, steps: int,
+                output: str, plot: str | None, config_path: str | None, quiet: bool) -> None:
+    """Decode the straight path in latent space between two pixels of TILE (their posterior means).
+
+    Give each end as --from/--to ROW,COL or --from-xy/--to-xy X,Y. The first and last spectra are the model's
+    reconstructions of the two pixels; the steps between show the transition the model sees between them.
+
+    \b
+    Examples:
+      rsvae interpolate work/model demo/test/tile_000.tif --from 10,10 --to 200,180 --steps 12 \\
+          -o work/path.csv --plot work/path.png
+      rsvae interpolate work/model demo/test/tile_000.tif --from-xy 500315,4991525 --to-xy 505415,4985825 \\
+          -o work/path.csv
+    """
+    from pipeline import generative as gen
+    from pipeline.detectors import load_detector
+
+    ends = []
+    for name, rc, xy in (("from", start, start_xy), ("to", end, end_xy)):
+        if (rc is None) == (xy is None):
+            raise click.UsageError(f"give exactly one of --{name} ROW,COL and --{name}-xy X,Y")
+        ends.append(rc if rc is not None else gen.locate(tile, *xy))
+    det = gen.require_vae(load_detector(model), "rsvae interpolate")
+    if plot:
+        gen.plot_format(plot)  # fail before writing anything
+    spectra = [gen.pixel_spectrum(tile, r, c) for r, c in ends]
+    for s in spectra:
+        det.check_bands(s.size, tile)
+    lp = gen.interpolate(det, spectra[0], spectra[1], steps)
+    gen.write_spectra_csv(output, gen.spectrum_columns(det), lp.spectra,
+                          {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
+    labels = (f"pixel ({ends[0][0]}, {ends[0][1]})", f"pixel ({ends[1][0]}, {ends[1][1]})")
+    msg = f"wrote {output}: {steps} spectra from {labels[0]} to {labels[1]}"
+    if plot:
+        gen.plot_path(det, lp, plot, labels)
+        msg += f" and {plot}"
+    say(quiet, msg)
+
+
 def _set_threads(threads: int) -> None:
     import os
 
@@ -310,7 +561,12 @@ def _set_threads(threads: int) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Idle OpenMP threads sleep instead of spinning: spinning threads collapse torch's speed on a busy machine
+    # (one training step: 252 ms with two spinning threads vs 2.4 ms passive, benchmarks in the perf notes).
+    # Set before torch is imported (commands import it lazily); a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     cli(prog_name="rsvae")
 
 

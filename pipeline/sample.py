@@ -9,6 +9,7 @@ per tile and one merge job, with the same result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.errors import InputError, OutputError
-from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
+from pipeline.raster import WindowReader, info_of, iter_windows, make_parent, open_raster
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 
@@ -127,6 +128,9 @@ def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
             data, valid = reader.read(window)
             r, c = np.nonzero(valid)
             x = data[:, r, c]
+            if x.dtype.kind == "f" and x.size and np.abs(x).max() > np.finfo(np.float32).max:
+                raise InputError(f"{path}: pixel values overflow float32 (near row {int(window.row_off)}, "
+                                 f"col {int(window.col_off)})")
             stats.update(x)
             k = rng.random(r.size)
             keys = np.concatenate([keys, k])
@@ -228,20 +232,29 @@ def write_sample(ds: xr.Dataset, path: str | Path) -> Path:
     """Write a sample (or partial) as NetCDF-4, atomically: a temporary file renamed into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Serialised in memory first: HDF5 that hits a full disk leaves a broken handle that crashes the
+    # interpreter at exit, while a plain write just raises. The sample is in memory already.
+    data = ds.to_netcdf(engine="h5netcdf")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        make_parent(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write sample ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # absent, or a read-only folder where nothing was made
+            tmp.unlink()
     return path
 
 
 def open_sample_dataset(path: str | Path) -> xr.Dataset:
     """Open a sample or partial file (fully loaded), checking it is one."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a sample file")
     if not path.is_file():
         raise InputError(f"{path}: sample file not found")
     try:

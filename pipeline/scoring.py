@@ -1,7 +1,8 @@
 """The streaming scorer: a tile's windows -> detector -> score raster (and optional anomaly mask).
 
-Memory is bounded by one window whatever the tile's size. Invalid pixels (nodata, NaN, masked in any band) are
-never scored: they are nodata in every output.
+Reader threads, the detector and a writer thread run overlapped with bounded queues between them, so throughput
+approaches the speed of reading the raster and memory is bounded by a few windows whatever the tile's size.
+Invalid pixels (nodata, NaN, masked in any band) are never scored: they are nodata in every output.
 """
 
 from __future__ import annotations
@@ -12,12 +13,24 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.detectors.base import Detector
 from pipeline.errors import InputError, RsvaeWarning
-from pipeline.raster import WindowReader, info_of, iter_windows, open_raster, output_nodata, writer_like
+from pipeline.raster import (
+    Block,
+    BlockReader,
+    BlockWriter,
+    info_of,
+    iter_windows,
+    open_raster,
+    output_nodata,
+    writer_like,
+)
+
+if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
+    from pipeline.detectors.base import Detector
 
 MASK_NODATA = 255
 
@@ -33,6 +46,8 @@ class ScoreSummary:
     seconds: float
     threshold: float | None = None
     flagged: int | None = None
+    #: Seconds spent making the COG(s) after the last window (overviews, compression, statistics).
+    finish_seconds: float = 0.0
 
 
 def check_crs(detector: Detector, info, tile: str | Path) -> None:
@@ -60,16 +75,19 @@ def score_raster(
     seed: int = 0,
     chunk: int = 65536,
     progress: Callable[[int], None] | None = None,
+    readers: int = 2,
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
     With ``mask_out`` and ``fpr``, also write a uint8 mask (1 = anomaly) thresholded where a fraction ``fpr`` of
     held-out normal pixels would be flagged.
+
+    Reading (``readers`` threads, a dataset handle each), the detector and writing run overlapped, with bounded
+    queues between them, so memory stays bounded by a few windows whatever the tile's size. The detector runs in
+    the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
     """
     if mask_out is not None and fpr is None:
         raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
-    if detector.halo:
-        return score_raster_with_halo(detector, tile, out, mask_out=mask_out, fpr=fpr, progress=progress)
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
@@ -77,98 +95,82 @@ def score_raster(
         info = info_of(ds)
         detector.check_bands(info.count, str(tile))
         check_crs(detector, info, tile)
-        nodata = output_nodata(info)
-        origin = getattr(detector, "origin", {})
-        tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
-                "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
-        reader = WindowReader(ds)
-        valid_total = flagged = 0
-        with contextlib.ExitStack() as stack:
-            scores = stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
-                                                     descriptions=list(detector.outputs), tags=tags))
-            mask = None
-            if mask_out is not None:
-                mask = stack.enter_context(writer_like(
-                    info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
-                    tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold)))
-            for window in iter_windows(ds):
-                data, valid = reader.read(window)
-                block = np.full((len(detector.outputs), *valid.shape), nodata, np.float32)
-                n = int(valid.sum())
+        windows = iter_windows(ds)
+    nodata = output_nodata(info)
+    origin = getattr(detector, "origin", {})
+    tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
+            "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
+    valid_total = flagged = 0
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
+                                                   descriptions=list(detector.outputs), tags=tags))]
+        if mask_out is not None:
+            writers.append(stack.enter_context(writer_like(
+                info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
+                tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold))))
+        margin = int(getattr(detector, "halo", 0) or 0)
+        blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
+                                                 threads=readers))
+        sink = stack.enter_context(BlockWriter(writers))
+        for block in blocks:
+            scores, valid = score_block(detector, block, nodata, options)
+            n = int(valid.sum())
+            if mask_out is None:
+                sink.write(block.window, scores)
+            else:
+                m = np.full(valid.shape, MASK_NODATA, np.uint8)
                 if n:
-                    terms = detector.score(data[:, valid].T, **options)
-                    for i, k in enumerate(detector.outputs):
-                        block[i][valid] = terms[k]
-                scores.write(block, window)
-                if mask is not None:
-                    m = np.full(valid.shape, MASK_NODATA, np.uint8)
-                    if n:
-                        m[valid] = block[0][valid] > threshold
-                        flagged += int(m[valid].sum())
-                    mask.write(m[None], window)
-                valid_total += n
-                if progress:
-                    progress(int(window.width * window.height))
-            if valid_total == 0:
-                warnings.warn(f"{tile}: no valid pixel (all nodata, NaN or masked); the output is all nodata",
-                              RsvaeWarning, stacklevel=2)
+                    m[valid] = scores[0][valid] > threshold
+                    flagged += int(np.count_nonzero(m == 1))
+                sink.write(block.window, scores, m[None])
+            valid_total += n
+            if progress:
+                progress(int(block.window.width * block.window.height))
+        if valid_total == 0:
+            warnings.warn(f"{tile}: no valid pixel (all nodata, NaN or masked); the output is all nodata",
+                          RsvaeWarning, stacklevel=2)
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
-                        threshold, flagged if mask_out is not None else None)
+                        threshold, flagged if mask_out is not None else None,
+                        finish_seconds=sum(w.finish_seconds for w in writers))
 
 
-def score_raster_with_halo(
-    detector: Detector,
-    tile: str | Path,
-    out: str | Path,
-    *,
-    mask_out: str | Path | None = None,
-    fpr: float | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> ScoreSummary:
-    """``score_raster`` for detectors that need neighbouring pixels (``detector.halo`` > 0, e.g. local RX).
+def score_block(detector: Detector, block: Block, nodata: float,
+                options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Score one block: ``(outputs (k, rows, cols) float32 with nodata where invalid, valid (rows, cols))``.
 
-    Each window is read with ``halo`` pixels of margin (beyond the raster edge counts as invalid) and scored as a
-    block by ``detector.score_block``; a valid pixel the detector cannot score (NaN) is nodata in the output.
+    The detector is asked, in this order, for ``score_block(data, valid)`` when it has a ``halo`` (detectors that
+    need neighbours, e.g. local RX: the block comes with ``halo`` pixels of margin on every side, beyond the raster
+    edge as invalid; a pixel it cannot score, NaN, is nodata), ``score_bands(pixels (bands, n))`` (a band-major
+    fast path: no transposed copy of rasterio's blocks), or the generic ``score(pixels (n, bands))``.
     """
-    t0 = time.perf_counter()
-    threshold = detector.threshold(fpr) if mask_out is not None else None
-    with open_raster(tile) as ds:
-        info = info_of(ds)
-        detector.check_bands(info.count, str(tile))
-        check_crs(detector, info, tile)
-        nodata = output_nodata(info)
-        origin = getattr(detector, "origin", {})
-        tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
-                "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
-        reader = WindowReader(ds)
-        scored_total = flagged = 0
-        with contextlib.ExitStack() as stack:
-            scores = stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
-                                                     descriptions=list(detector.outputs), tags=tags))
-            mask = None
-            if mask_out is not None:
-                mask = stack.enter_context(writer_like(
-                    info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
-                    tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold)))
-            for window in iter_windows(ds):
-                data, valid = reader.read_with_halo(window, detector.halo)
-                terms = detector.score_block(data, valid)
-                h = detector.halo
-                scored = valid[h:valid.shape[0] - h, h:valid.shape[1] - h] & np.isfinite(terms["score"])
-                block = np.full((len(detector.outputs), *scored.shape), nodata, np.float32)
-                for i, k in enumerate(detector.outputs):
-                    block[i][scored] = terms[k][scored]
-                scores.write(block, window)
-                if mask is not None:
-                    m = np.full(scored.shape, MASK_NODATA, np.uint8)
-                    m[scored] = block[0][scored] > threshold
-                    flagged += int(m[scored].sum())
-                    mask.write(m[None], window)
-                scored_total += int(scored.sum())
-                if progress:
-                    progress(int(window.width * window.height))
-            if scored_total == 0:
-                warnings.warn(f"{tile}: no pixel could be scored (all nodata, NaN or masked); the output is all "
-                              "nodata", RsvaeWarning, stacklevel=2)
-    return ScoreSummary(str(tile), str(out), info.width * info.height, scored_total, time.perf_counter() - t0,
-                        threshold, flagged if mask_out is not None else None)
+    data, valid = block.core()
+    k = len(detector.outputs)
+    out = np.full((k, *valid.shape), nodata, np.float32)
+    if not valid.any():
+        return out, valid
+    halo = int(getattr(detector, "halo", 0) or 0)
+    if halo:
+        terms = detector.score_block(*pad_to_halo(block, halo))
+        valid = valid & np.isfinite(terms["score"])
+        for i, key in enumerate(detector.outputs):
+            out[i][valid] = np.asarray(terms[key])[valid]
+        return out, valid
+    everything = bool(valid.all())
+    pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
+    if hasattr(detector, "score_bands"):
+        terms = detector.score_bands(pixels, **options)
+    else:
+        terms = detector.score(pixels.T, **options)
+    for i, key in enumerate(detector.outputs):
+        if everything:
+            out[i].reshape(-1)[:] = terms[key]
+        else:
+            out[i][valid] = terms[key]
+    return out, valid
+
+
+def pad_to_halo(block: Block, halo: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block's data and validity with exactly ``halo`` pixels of margin per side (invalid beyond the raster)."""
+    (r, c), (rows, cols) = block.inner, block.valid.shape
+    pads = ((halo - r.start, halo - (rows - r.stop)), (halo - c.start, halo - (cols - c.stop)))
+    return np.pad(block.data, ((0, 0), *pads)), np.pad(block.valid, pads)

@@ -110,7 +110,7 @@ def implant(rng: np.random.Generator, img: np.ndarray, target: np.ndarray, n: in
     margin = NODATA_STRIP + 4
     for i in range(n):
         side = 1 if i % 3 == 0 else int(rng.integers(1, 4))
-        frac = float(rng.uniform(0.4, 0.8)) if i % 3 == 0 else 1.0  # every third target is sub-pixel
+        frac = float(rng.uniform(0.15, 0.5)) if i % 3 == 0 else 1.0  # every third target is sub-pixel
         r = int(rng.integers(4, h - side - 4))
         c = int(rng.integers(margin, w - side - 4))
         sl = (slice(None), slice(r, r + side), slice(c, c + side))
@@ -127,6 +127,16 @@ def _encode(img: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
     out = img.astype(np.float32)
     out[:, :, :NODATA_STRIP] = FLOAT_NODATA
     return out, FLOAT_NODATA
+
+
+def demo_layout(outdir: str | Path, *, tiles_normal: int = 4, tiles_test: int = 2) -> DemoLayout:
+    """The paths ``make_demo`` writes, known before it runs (the workflow plans its jobs on them)."""
+    outdir = Path(outdir)
+    return DemoLayout(
+        normal=[outdir / "normal" / f"normal_{j:03d}.tif" for j in range(tiles_normal)],
+        test=[outdir / "test" / f"tile_{j:03d}.tif" for j in range(tiles_test)],
+        truth=[outdir / "truth" / f"tile_{j:03d}.tif" for j in range(tiles_test)],
+    )
 
 
 def make_demo(

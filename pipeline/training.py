@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pipeline.detectors import fit_detector
 from pipeline.detectors.base import Detector, file_digest
 from pipeline.sample import load_sample
@@ -20,12 +22,21 @@ def train(sample_path: str | Path, out: str | Path, settings: dict[str, Any],
     """
     sample = load_sample(sample_path)
     det = fit_detector(settings["method"], sample.pixels, sample.band_names, sample.stats, settings, progress)
+    # The config as run: the file's sections with the train section that was used (command-line included).
+    recorded = dict(config or {}, train=settings)
     det.meta.update({
         "wavelengths": sample.wavelengths,
         "crs": str(sample.attrs.get("crs", "")),
         "sample": {"path": str(sample_path), "digest": file_digest(sample_path), "pixels": int(sample.pixels.shape[0]),
+                   "seed": _plain(sample.attrs.get("seed")), "max_pixels": _plain(sample.attrs.get("max_pixels")),
                    "sources": sample.attrs.get("sources", "[]")},
-        "config": config if config is not None else {"train": settings},
+        "config": recorded,
+        "torch_threads": torch.get_num_threads(),
     })
     det.save(out)
     return det
+
+
+def _plain(value: Any) -> Any:
+    """A NetCDF attribute (numpy scalar) as a JSON-ready Python value."""
+    return value.item() if hasattr(value, "item") else value

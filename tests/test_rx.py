@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import write_tif
 
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.detectors import LRXDetector, RXDetector, load_detector
 from pipeline.sample import BandStats
 from pipeline.scoring import score_raster
+from tests.conftest import write_tif
 
 
 def settings(**over):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN
 
 from pipeline.config import load_config
 from pipeline.detectors import load_detector
 from pipeline.detectors.vae import VAEDetector, reconstruction_term
 from pipeline.sample import BandStats, load_sample
+from tests.conftest import FAST_TRAIN
 
 
 def settings(**over):

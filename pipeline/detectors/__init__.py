@@ -30,7 +30,7 @@ def load_detector(folder: str | Path, device: str = "cpu") -> Detector:
     """Load whatever detector a model folder holds."""
     meta, tensors = read_model_folder(folder)
     kind = meta.get("detector")
-    if kind not in DETECTORS:
+    if not isinstance(kind, str) or kind not in DETECTORS:
         raise ModelError(f"{folder}: unknown detector {kind!r} in model.json (known: {', '.join(DETECTORS)})")
     det = DETECTORS[kind].from_saved(meta, tensors, str(folder), device)
     det.origin = {"path": str(folder), "digest": file_digest(Path(folder) / WEIGHTS)}

@@ -7,6 +7,7 @@ only) and ``model.json`` (everything else). Loading never unpickles: safetensors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import __version__
 from pipeline.errors import InputError, ModelError, OutputError
+from pipeline.raster import make_parent
 
 MODEL_FORMAT = "rsvae-model/1"
 WEIGHTS = "weights.safetensors"
@@ -116,7 +118,8 @@ def versions() -> dict[str, str]:
     import rasterio
 
     return {"rsvae": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "python": platform.python_version()}
+            "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "python": platform.python_version(),
+            "platform": platform.platform(), "machine": platform.machine()}
 
 
 def _json_default(obj: Any) -> Any:
@@ -132,23 +135,50 @@ def write_model_folder(folder: str | Path, meta: dict[str, Any], tensors: dict[s
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     old = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
+    text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
+    if folder.is_file():
+        raise OutputError(f"{folder}: exists and is a file, not a model folder")
+    if folder.is_dir() and not {p.name for p in folder.iterdir()} <= {META, WEIGHTS}:
+        # replacing it would delete whatever else the folder holds (a mistyped -o)
+        raise OutputError(f"{folder}: exists and holds more than an rsvae model; refusing to replace it")
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(folder)
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
-        text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False)
-        (tmp / META).write_text(text + "\n")
-        if folder.is_file():
-            raise OutputError(f"{folder}: exists and is a file, not a model folder")
+        _write_synced(tmp / META, text.encode())
+        _fsync(tmp / WEIGHTS)
         if folder.exists():
             os.rename(folder, old)
         os.rename(tmp, folder)
-    except OSError as exc:
-        raise OutputError(f"{folder}: cannot write model ({exc.strerror or exc})") from None
+    except (OSError, SafetensorError) as exc:
+        raise OutputError(f"{folder}: cannot write model ({getattr(exc, 'strerror', None) or exc})") from None
     finally:
+        if old.exists() and not folder.exists():  # failed or interrupted between the renames: keep the old one
+            with contextlib.suppress(OSError):
+                os.rename(old, folder)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to disk, so a rename after it never exposes an empty file."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+#: model.json is a few hundred kB at most; a far larger one is not an rsvae model.
+MAX_META_BYTES = 64 << 20
 
 
 def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -161,10 +191,13 @@ def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, tor
     for name in (META, WEIGHTS):
         if not (folder / name).is_file():
             raise ModelError(f"{folder}: missing {name}; not a complete rsvae model folder")
+    if (folder / META).stat().st_size > MAX_META_BYTES:
+        raise ModelError(f"{folder / META}: too large to be an rsvae model description")
     try:
-        meta = json.loads((folder / META).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{folder / META}: corrupted model description ({exc})") from None
+        meta = json.loads((folder / META).read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(f"{folder / META}: corrupted model description ({msg})") from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelError(f"{folder / META}: not an rsvae model (format {got!r}, expected {MODEL_FORMAT!r})")
@@ -176,9 +209,27 @@ def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, tor
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelError(f"{folder / WEIGHTS}: tensor {key!r} holds NaN or inf")
     bands = meta.get("bands")
-    if not isinstance(bands, int) or bands < 1 or len(meta.get("band_names", [])) != bands:
+    names = meta.get("band_names")
+    if (not isinstance(bands, int) or isinstance(bands, bool) or bands < 1 or not isinstance(names, list)
+            or len(names) != bands):
         raise ModelError(f"{folder / META}: band count and band names disagree")
+    cal = meta.get("calibration")
+    if cal is not None and not _valid_calibration(cal):
+        raise ModelError(f"{folder / META}: corrupted calibration (levels and values must be equal-length, "
+                         "increasing lists of numbers)")
     return meta, tensors
+
+
+def _valid_calibration(cal: Any) -> bool:
+    """Whether a model.json calibration block can give thresholds."""
+    try:
+        levels = np.asarray(cal["levels"], np.float64)
+        values = np.asarray(cal["values"], np.float64)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (levels.ndim == 1 and levels.shape == values.shape and levels.size > 1
+            and bool(np.isfinite(levels).all() and np.isfinite(values).all())
+            and bool((np.diff(levels) > 0).all() and (np.diff(values) >= 0).all()))
 
 
 def file_digest(path: str | Path) -> str:

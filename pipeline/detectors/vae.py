@@ -39,6 +39,8 @@ F32_MAX = float(np.finfo(np.float32).max)
 #: The residual covariance is estimated from at most this many sample pixels, in this many concentration steps.
 NOISE_FIT_PIXELS = 50_000
 NOISE_CSTEPS = 3
+#: Pixels per step of the band-major scorer: a step's intermediates (64 x 4096 float32 = 1 MiB) stay in L2 cache.
+SCORE_CHUNK = 4096
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +86,36 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
+
+    # Band-major twins of encode/decode, for scoring rasterio's (bands, pixels) blocks without transposing them:
+    # the same layers applied as W @ x + b to x of shape (features, n). Tests check they equal encode/decode.
+    def encode_bm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = _apply_bm(self.encoder, x)
+        # mu and logvar in one matrix product (one pass over h instead of two)
+        both = torch.addmm(torch.cat([self.mu.bias, self.logvar.bias])[:, None],
+                           torch.cat([self.mu.weight, self.logvar.weight]), h)
+        k = self.mu.out_features
+        return both[:k], both[k:].clamp_(*LOGVAR_RANGE)
+
+    def decode_bm(self, z: torch.Tensor) -> torch.Tensor:
+        return _apply_bm(self.decoder, z)
+
+
+def _apply_bm(layers: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Apply a Linear or a Sequential of Linear/ReLU/Sigmoid layers to band-major ``h`` (features, n)."""
+    fresh = False  # whether h is our own intermediate, safe to modify in place
+    for layer in layers if isinstance(layers, nn.Sequential) else (layers,):
+        if isinstance(layer, nn.Linear):
+            h = torch.addmm(layer.bias[:, None], layer.weight, h) if layer.bias is not None else layer.weight @ h
+            fresh = True
+        elif isinstance(layer, nn.ReLU):
+            h = h.relu_() if fresh else h.relu()
+        elif isinstance(layer, nn.Sigmoid):
+            h = h.sigmoid_() if fresh else h.sigmoid()
+        else:
+            h = layer(h.T).T
+            fresh = False
+    return h
 
 
 def reconstruction_term(x: torch.Tensor, xhat: torch.Tensor, kind: str,
@@ -255,29 +287,33 @@ class VAEDetector(Detector):
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
                progress: Callable[[dict[str, float]], None] | None) -> tuple[list[dict[str, float]], int, float]:
         m, kind, beta = self.module, s["reconstruction"], float(s["beta"])
-        opt = torch.optim.Adam(m.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-        bs = int(s["batch_size"])
+        # fused Adam: one kernel per step for all parameters instead of a dozen small ops per parameter tensor
+        opt = torch.optim.Adam(m.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
+                               **_fused_adam(x_train.device))
+        bs, n = int(s["batch_size"]), x_train.shape[0]
         history: list[dict[str, float]] = []
         best, best_state, best_epoch, stale = math.inf, copy.deepcopy(m.state_dict()), 0, 0
         t0 = time.perf_counter()
         epochs = planned_epochs(x_train.shape[0], s)
         for epoch in range(1, epochs + 1):
             m.train()
-            order = torch.randperm(x_train.shape[0], generator=gen).to(x_train.device)
-            total = 0.0
-            for i in range(0, x_train.shape[0], bs):
-                xb = x_train[order[i:i + bs]]
+            order = torch.randperm(n, generator=gen).to(x_train.device)
+            shuffled = x_train[order]  # one gather per epoch; the batches are then contiguous slices
+            total = torch.zeros((), dtype=torch.float64, device=x_train.device)
+            for i in range(0, n, bs):
+                xb = shuffled[i:i + bs]
                 xhat, mu, logvar = m(xb)
                 loss = (reconstruction_term(xb, xhat, kind) + beta * kl_term(mu, logvar)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * xb.shape[0]
+                total += loss.detach().double() * xb.shape[0]  # no .item() per step: one sync per epoch on a GPU
+            del shuffled
             m.eval()
             with torch.inference_mode():
                 xhat, mu, logvar = m(x_val)
                 val = float((reconstruction_term(x_val, xhat, kind) + beta * kl_term(mu, logvar)).mean())
-            rec = {"epoch": epoch, "epochs": epochs, "train_loss": total / x_train.shape[0], "val_loss": val,
+            rec = {"epoch": epoch, "epochs": epochs, "train_loss": float(total) / n, "val_loss": val,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
             if progress:
@@ -300,11 +336,16 @@ class VAEDetector(Detector):
         """Per-pixel ``score`` = reconstruction + beta * KL, and the two terms, for ``pixels`` (n, bands).
 
         The KL term is at the posterior; the reconstruction term at the posterior mean, or averaged over
-        ``samples`` posterior draws (seeded) when ``samples`` > 1.
+        ``samples`` posterior draws (seeded) when ``samples`` > 1 (that goes the reference path, ``score_tensor``).
         """
         self.check_bands(pixels.shape[1], "input")
+        if samples <= 1:
+            pixels = np.asarray(pixels)
+            if pixels.T.flags.c_contiguous and not pixels.flags.c_contiguous:  # a view of band-major memory
+                return self._fast(pixels.T, True, chunk)
+            return self._fast(pixels, False, chunk)
         out = {k: np.empty(pixels.shape[0], np.float32) for k in self.outputs}
-        gen = torch.Generator(device=self.device).manual_seed(seed) if samples > 1 else None
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         for i in range(0, pixels.shape[0], chunk):
             x = torch.from_numpy(self.normalise(pixels[i:i + chunk])).to(self.device)
             terms = self.score_tensor(x, samples, gen)
@@ -312,14 +353,78 @@ class VAEDetector(Detector):
                 out[k][i:i + chunk] = terms[k]
         return out
 
+    def score_bands(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
+                    chunk: int = 65536) -> dict[str, np.ndarray]:
+        """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block: no transposed copy."""
+        self.check_bands(pixels.shape[0], "input")
+        if samples > 1:
+            return self.score(np.asarray(pixels).T, samples, seed, chunk)
+        return self._fast(pixels, True, chunk)
+
+    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int) -> dict[str, np.ndarray]:
+        """The fast path of ``score``/``score_bands``: float32 normalisation on the fly, layers on cache-sized
+        chunks of SCORE_CHUNK pixels in the input's own layout (band-major: W @ x; pixel-major: x @ W.T), no
+        float64 or transposed copy; the per-pixel maths is ``score_terms``, shared with ``score_tensor``."""
+        n = pixels.shape[1] if band_major else pixels.shape[0]
+        out = {k: np.empty(n, np.float32) for k in self.outputs}
+        if n == 0:
+            return out
+        views = {k: torch.from_numpy(v) for k, v in out.items()}
+        offset, inv_scale = self._normaliser()  # (bands, 1)
+        if not band_major:
+            offset, inv_scale = offset.T, inv_scale.T
+        step = max(1, min(int(chunk), SCORE_CHUNK))
+        bce = self.architecture["reconstruction"] == "bce"
+        with torch.inference_mode():
+            for i in range(0, n, step):
+                part = pixels[:, i:i + step] if band_major else pixels[i:i + step]
+                if part.dtype != np.float32 or not part.flags.writeable:
+                    part = part.astype(np.float32)
+                x = (torch.from_numpy(part).to(self.device) - offset).mul_(inv_scale)
+                if bce:
+                    x = x.clamp_(0.0, 1.0)
+                if band_major:
+                    mu, logvar = self.module.encode_bm(x)
+                    terms = self.score_terms(x.T, self.module.decode_bm(mu).T, mu.T, logvar.T)
+                else:
+                    mu, logvar = self.module.encode(x)
+                    terms = self.score_terms(x, self.module.decode(mu), mu, logvar)
+                for k in self.outputs:
+                    views[k][i:i + step] = terms[k]
+        for v in out.values():
+            np.nan_to_num(v, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
+        return out
+
+    def _normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offset and 1/scale as (bands, 1) float32 tensors on the model's device, for band-major normalisation."""
+        key = (self.device, self.offset.tobytes(), self.scale.tobytes())
+        if getattr(self, "_normaliser_key", None) != key:
+            self._normaliser_cache = (
+                torch.as_tensor(self.offset.astype(np.float32)[:, None], device=self.device),
+                torch.as_tensor((1.0 / self.scale).astype(np.float32)[:, None], device=self.device))
+            self._normaliser_key = key
+        return self._normaliser_cache
+
+    def score_terms(self, x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor,
+                    logvar: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-pixel score maths, in one place: normalised pixels ``x`` and their reconstruction ``xhat``
+        (n, bands), posterior ``mu`` and ``logvar`` (n, latent) -> ``score``, ``reconstruction``, ``kl`` (n,).
+
+        The inputs may be transposed views of band-major tensors (the fast path); keep the maths layout-agnostic
+        (reduce over dim 1, no .view) and both paths follow any change made here.
+        """
+        rec = reconstruction_term(x, xhat, self.architecture["reconstruction"], self.noise)
+        kl = kl_term(mu, logvar)
+        return {"score": rec + self.beta * kl, "reconstruction": rec, "kl": kl}
+
     def score_tensor(self, x: torch.Tensor, samples: int = 1,
                      gen: torch.Generator | None = None) -> dict[str, np.ndarray]:
-        """Score normalised pixels already on the model's device."""
+        """Score normalised pixels (n, bands) already on the model's device: the reference path (nn.Module)."""
         kind = self.architecture["reconstruction"]
         with torch.inference_mode():
             mu, logvar = self.module.encode(x)
             if samples <= 1:
-                rec = reconstruction_term(x, self.module.decode(mu), kind, self.noise)
+                terms = self.score_terms(x, self.module.decode(mu), mu, logvar)
             else:
                 std = torch.exp(0.5 * logvar)
                 rec = torch.zeros(x.shape[0], device=x.device)
@@ -327,10 +432,10 @@ class VAEDetector(Detector):
                     eps = torch.randn(mu.shape, generator=gen, device=mu.device)
                     rec += reconstruction_term(x, self.module.decode(mu + eps * std), kind, self.noise)
                 rec /= samples
-            kl = kl_term(mu, logvar)
-            score = rec + self.beta * kl
+                kl = kl_term(mu, logvar)
+                terms = {"score": rec + self.beta * kl, "reconstruction": rec, "kl": kl}
         return {k: np.nan_to_num(v.float().cpu().numpy(), nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
-                for k, v in (("score", score), ("reconstruction", rec), ("kl", kl))}
+                for k, v in terms.items()}
 
     # ---- generative side
     def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -385,6 +490,15 @@ def planned_epochs(n_train: int, s: dict[str, Any]) -> int:
     """Epochs of one training pass: ``epochs``, fewer where that would exceed ``max_steps`` optimiser steps."""
     steps_per_epoch = max(1, math.ceil(n_train / int(s["batch_size"])))
     return max(1, min(int(s["epochs"]), math.ceil(int(s["max_steps"]) / steps_per_epoch)))
+
+
+def _fused_adam(device: torch.device) -> dict[str, bool]:
+    """``fused=True`` where this torch has a fused Adam for the device (CPU since torch 2.4), else nothing."""
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return {}
+    return {"fused": True}
 
 
 def _normalisation(stats: Any, reconstruction: str) -> tuple[np.ndarray, np.ndarray]:

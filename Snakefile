@@ -1,0 +1,68 @@
+# rsvae workflow: demo data -> ingest (one job per normal tile) -> merge -> train -> score (one job per
+# target tile) -> quicklooks, evaluate (one job per tile with truth) -> summary, and an HTML report.
+#
+#   snakemake -c2                                   the demo, on a laptop
+#   snakemake -c8 --configfile my.yaml              your own tiles (copy configs/config.yaml)
+#   snakemake --profile configs/profiles/slurm --configfile my.yaml      on a SLURM cluster
+#   snakemake --report results/report.html          the report, after a run
+#
+# Wiring only: each rule runs one `rsvae` command; the planning (tiles, truth, cluster account) lives in
+# pipeline/workflow.py. Every job reads the run's resolved config with `rsvae ... --config`.
+
+import os
+
+from snakemake.utils import min_version, validate
+
+from pipeline import workflow as wf
+
+min_version("9.0")
+
+
+configfile: "configs/config.yaml"
+
+
+# A wrong key, type or glob stops here, before any job, with a message naming the key.
+PLAN = wf.start(config, workflow.configfiles)
+# Snakemake's own check of the same schema (pipeline/schema.yaml); it also fills in the defaults.
+validate(config, "configs/schema.yaml")
+
+R = PLAN.results
+CFG = PLAN.config_file
+# SLURM account/partition for every job: config `cluster` section, else $SBATCH_ACCOUNT/$SBATCH_PARTITION.
+CLUSTER = wf.cluster_resources(config)
+TARGETS = sorted(PLAN.targets)
+TRUTH = sorted(PLAN.truth)
+
+
+report: "report/workflow.rst"
+
+
+wildcard_constraints:
+    tile=r"[^/]+",
+
+
+onstart:
+    wf.write_config(config, CFG)
+
+
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/detect.smk"
+include: "rules/summary.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        expand(f"{R}/scores/{{tile}}.tif", tile=TARGETS),
+        expand(f"{R}/masks/{{tile}}.tif", tile=TARGETS),
+        expand(f"{R}/quicklooks/{{tile}}.png", tile=TARGETS),
+        expand(f"{R}/metrics/{{tile}}.json", tile=TRUTH),
+        expand(f"{R}/features/{{tile}}.tif", tile=TARGETS if PLAN.features else []),
+        f"{R}/summary.csv",
+        f"{R}/summary.html",
+        f"{R}/training_curve.png",
+    default_target: True

@@ -1,0 +1,448 @@
+"""Scoring and training throughput of rsvae against reading the raster, and against PyOD's VAE.
+
+Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF (deflate + floating-point predictor,
+256-pixel tiles) and one half its size, then runs each measurement in a new process, timed from its start to its end
+(start-up included, as a user sees it), with its own peak RSS:
+
+- training the default VAE on a 200 000-pixel sample of the scene: pixels seen per second, time to early stopping
+  (with the config's threads, all cores, and with one thread);
+- reading every block: with one dataset handle (the targets' baseline) and with rsvae's threaded reader;
+- two I/O-only loops (read + write a 3-band float32 COG with rsvae's writer, no model): a plain sequential loop, and
+  rsvae's streaming scorer with a model that does nothing;
+- ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster);
+- in-memory scoring of 1 M pixels through the Python API, and PyOD's VAE ``decision_function`` on the same pixels
+  (when pyod is installed: ``pip install rsvae[bench]``), both with one torch thread.
+
+Prints a markdown table and the pass/fail of the performance targets. Timings are noisy on shared machines: the
+ratios within one run are what count.
+
+    python benchmarks/throughput.py                 # 4096 x 4096 x 64 (4 GiB uncompressed, 2.8 GiB on disk)
+    python benchmarks/throughput.py --size 512      # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BLOCK = 256
+NODATA = -9999.0
+#: Targets of the performance issue.
+TARGET_READ, TARGET_IO, TARGET_RSS_MIB, TARGET_PYOD, TARGET_TRAIN_MPX, TARGET_TRAIN_S = 0.6, 0.8, 512, 10.0, 1.0, 60.0
+
+
+# ----------------------------------------------------------------------------------------------- the scene
+class Scene:
+    """A deterministic synthetic scene of any size: smooth mixtures of a few endmember spectra, plus noise."""
+
+    def __init__(self, bands: int, seed: int = 0, k: int = 5):
+        from pipeline.synth import endmembers, wavelengths
+
+        rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.bands = bands
+        self.ends = endmembers(rng, wavelengths(bands), k).astype(np.float64)  # (k, bands)
+        # Smooth abundance fields: a few plane waves per endmember, periods of 100-1000 pixels.
+        self.freq = rng.uniform(-1 / 100, 1 / 100, (k, 4, 2))
+        self.phase = rng.uniform(0, 2 * np.pi, (k, 4))
+
+    def block(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """The scene's pixels (bands, height, width) float32 at (row, col); the same wherever it is asked for."""
+        r, c = np.mgrid[row:row + height, col:col + width].astype(np.float64)
+        f = np.einsum("kj,kjrc->krc", np.ones(self.phase.shape),
+                      np.sin(2 * np.pi * (self.freq[..., 0, None, None] * r + self.freq[..., 1, None, None] * c)
+                             + self.phase[..., None, None])) / 2.0
+        a = np.exp(2.0 * f)
+        a /= a.sum(axis=0, keepdims=True)
+        img = np.einsum("kb,krc->brc", self.ends, a).astype(np.float32)
+        rng = np.random.default_rng([self.seed, row, col])
+        img += rng.normal(0.0, 0.004, img.shape).astype(np.float32)
+        if col == 0:
+            img[:, :, :3] = NODATA  # a nodata strip along the left edge, as the demo tiles have
+        return img
+
+    def pixels(self, n: int, seed: int = 1) -> np.ndarray:
+        """``n`` valid pixels (n, bands) from random blocks of the scene (a training sample)."""
+        rng = np.random.default_rng(seed)
+        out = []
+        while sum(len(p) for p in out) < n:
+            r, c = (int(v) * BLOCK for v in rng.integers(1, 64, 2))
+            out.append(self.block(r, c, BLOCK, BLOCK).reshape(self.bands, -1).T)
+        return np.ascontiguousarray(np.concatenate(out)[:n])
+
+
+def build_raster(path: Path, size: int, bands: int, seed: int = 0) -> Path:
+    """Write the scene as a tiled deflate + predictor-3 float32 GeoTIFF at ``path`` (atomically; reused if there)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene = Scene(bands, seed)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="float32", nodata=NODATA,
+                   crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30), tiled=True,
+                   blockxsize=BLOCK, blockysize=BLOCK, compress="DEFLATE", predictor=3, bigtiff="IF_SAFER",
+                   num_threads="ALL_CPUS")
+    from rasterio.windows import Window
+
+    with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as ds:
+        for r in range(0, size, BLOCK):
+            for c in range(0, size, BLOCK):
+                h, w = min(BLOCK, size - r), min(BLOCK, size - c)
+                ds.write(scene.block(r, c, h, w), window=Window(c, r, w, h))
+    os.replace(tmp, path)
+    return path
+
+
+def sample_stats(pixels: np.ndarray):
+    """Band statistics of a sample, as ingest computes them."""
+    from pipeline.sample import BandStats
+
+    stats = BandStats.empty(pixels.shape[1])
+    stats.update(pixels.T)
+    return stats
+
+
+def stage_train(folder: str, n: int, bands: int, threads: int) -> dict:
+    """Train the default VAE on ``n`` scene pixels with ``threads`` torch threads (0 = the config's default: all
+    cores); save it to ``folder``; return the training record."""
+    from pipeline.config import load_config
+    from pipeline.detectors import fit_detector
+
+    scene = Scene(bands)
+    pixels = scene.pixels(n)
+    settings = dict(load_config()["train"])
+    if threads:
+        settings["threads"] = threads
+    t0 = time.perf_counter()
+    det = fit_detector("vae", pixels, [f"b{i + 1}" for i in range(bands)], sample_stats(pixels), settings)
+    wall = time.perf_counter() - t0
+    det.meta.update({"crs": "", "wavelengths": None})
+    det.save(folder)
+    t = det.meta["training"]
+    import torch
+
+    seen = t["n_train"] * t["epochs_run"]
+    return {"seconds": wall, "train_seconds": t["seconds"], "epochs": t["epochs_run"], "n_train": t["n_train"],
+            "mpx_s": seen / t["seconds"] / 1e6, "best_epoch": t["best_epoch"], "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------------------------- stages
+class NullDetector:
+    """A detector that does no maths (its outputs are copies of band 1): the I/O-only loop."""
+
+    kind = "null"
+    outputs = ("score", "reconstruction", "kl")
+
+    def __init__(self, bands: int):
+        self.bands = bands
+        self.meta: dict = {}
+
+    def check_bands(self, count: int, source: str) -> None:
+        """Any band count is fine."""
+
+    def score(self, pixels: np.ndarray, **_: object) -> dict[str, np.ndarray]:
+        """Band 1 as every output."""
+        first = np.ascontiguousarray(pixels[:, 0], np.float32)
+        return {k: first for k in self.outputs}
+
+
+def stage_read(raster: str, threads: int = 0) -> dict:
+    """Read every block once, as rsvae opens rasters (same GDAL settings): with one dataset handle in one thread
+    (``threads=0``), or with rsvae's streaming reader (``threads`` handles and threads)."""
+    from pipeline.raster import BlockReader, info_of, iter_windows, open_raster
+
+    t0 = time.perf_counter()
+    total = 0
+    with open_raster(raster) as ds:
+        if not threads:
+            for w in iter_windows(ds):
+                block = ds.read(window=w)
+                total += block.shape[1] * block.shape[2]
+        else:
+            info = info_of(ds)
+            with BlockReader(raster, iter_windows(ds), info.width, info.height, threads=threads) as blocks:
+                for b in blocks:
+                    total += b.data.shape[1] * b.data.shape[2]
+    return {"seconds": time.perf_counter() - t0, "pixels": total}
+
+
+def stage_io(raster: str, out: str) -> dict:
+    """``score_raster`` with a model that does no maths."""
+    from pipeline.raster import describe
+    from pipeline.scoring import score_raster
+
+    det = NullDetector(describe(raster).count)
+    t0 = time.perf_counter()
+    s = score_raster(det, raster, out)
+    return {"seconds": time.perf_counter() - t0, "pixels": s.pixels, "finish": s.finish_seconds}
+
+
+def stage_api(model: str, n: int, bands: int, pyod: str = "yes", repeat: int = 2) -> dict:
+    """In-memory scoring of ``n`` pixels through the Python API, and PyOD's VAE on the same pixels, both with one
+    torch thread (two threads on two shared cores spin against other processes; the same for both). Each is
+    timed ``repeat`` times, interleaved; the fastest counts."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pipeline.detectors import load_detector
+
+    scene = Scene(bands)
+    pixels = scene.pixels(n, seed=2)
+    det = load_detector(model)
+    det.score(pixels[:1000])
+    contenders = {"seconds": lambda: _timed(lambda: det.score(pixels))}  # each returns seconds
+    if pyod == "yes":
+        try:
+            from pyod.models.vae import VAE as PyodVAE
+        except ImportError:
+            PyodVAE = None
+        if PyodVAE is not None:
+            torch.manual_seed(0)
+            model_pyod = PyodVAE(epoch_num=1, batch_size=256, encoder_neuron_list=[64], decoder_neuron_list=[64],
+                                 latent_dim=8, dropout_rate=0.0, verbose=0, device="cpu", random_state=0)
+            model_pyod.fit(scene.pixels(min(n, 20000), seed=3))
+            # PyOD at its better batch sizes (its default of 32 is many times slower)
+            contenders["pyod_seconds"] = lambda: min(_timed(functools.partial(model_pyod.decision_function, pixels,
+                                                                              batch_size=b)) for b in (1024, 8192))
+    res: dict = {"pixels": n, "threads": torch.get_num_threads()}
+    for _ in range(max(1, repeat)):
+        for key, run in contenders.items():
+            dt = run()
+            res[key] = min(dt, res.get(key, dt))
+    return res
+
+
+def _timed(f) -> float:
+    """Seconds ``f()`` takes."""
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def stage_io_plain(raster: str, out: str) -> dict:
+    """An I/O-only loop without any overlap: read a block, write a 3-band block with rsvae's writer, repeat."""
+    from pipeline.raster import WindowReader, info_of, iter_windows, open_raster, output_nodata, writer_like
+
+    t0 = time.perf_counter()
+    with open_raster(raster) as ds:
+        info = info_of(ds)
+        nodata = output_nodata(info)
+        reader = WindowReader(ds)
+        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NullDetector.outputs)) as w:
+            for window in iter_windows(ds):
+                data, valid = reader.read(window)
+                block = np.full((3, *valid.shape), nodata, np.float32)
+                block[:, valid] = data[0][valid]
+                w.write(block, window)
+    return {"seconds": time.perf_counter() - t0, "finish": w.finish_seconds}
+
+
+STAGES = {"read": stage_read, "io": stage_io, "io_plain": stage_io_plain, "api": stage_api, "train": stage_train}
+
+
+LAUNCHER = r"""
+import json, os, subprocess, sys, tempfile, time
+for line in sys.stdin:
+    argv = json.loads(line)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0); err.seek(0)
+        print(json.dumps({"wall": wall, "maxrss": usage.ru_maxrss, "rc": proc.returncode, "out": out.read(),
+                          "err": err.read()[-3000:]}), flush=True)
+"""
+
+
+class Launcher:
+    """Starts the measured child processes from a small process of its own, so that their peak RSS is theirs.
+
+    A child's ru_maxrss starts from the memory of the process that spawned it (fork and vfork share or copy its
+    pages until exec), so children spawned by this benchmark after it trained a model would all report its size.
+    """
+
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+
+    def run(self, argv: list[str]) -> tuple[float, float, str]:
+        """Run ``argv``; return (wall seconds, peak RSS in MiB, stdout)."""
+        self.proc.stdin.write(json.dumps(argv) + "\n")
+        self.proc.stdin.flush()
+        r = json.loads(self.proc.stdout.readline())
+        if r["rc"] != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({r['rc']}):\n{r['err']}")
+        return r["wall"], r["maxrss"] / 1024, r["out"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def stage(launcher: Launcher, name: str, *args: object) -> tuple[dict, float, float]:
+    """Run one stage of this script in a child process: (its JSON result, wall seconds, peak RSS MiB)."""
+    wall, rss, out = launcher.run([sys.executable, __file__, "--stage", name, *map(str, args)])
+    return json.loads(out.strip().splitlines()[-1]), wall, rss
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=4096, help="raster width and height in pixels (default 4096)")
+    p.add_argument("--bands", type=int, default=64)
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rsvae-bench",
+                   help="folder for the test rasters, kept between runs")
+    p.add_argument("--train-pixels", type=int, default=200_000, help="training sample size (default 200000)")
+    p.add_argument("--api-pixels", type=int, default=1_000_000, help="pixels for the in-memory comparison")
+    p.add_argument("--no-pyod", action="store_true", help="skip PyOD even when it is installed")
+    p.add_argument("--repeat", type=int, default=2, help="runs of each reading/scoring stage; the fastest counts")
+    p.add_argument("--train-threads", default="0,1",
+                   help="torch thread counts to train with, comma-separated; 0 = the config's default (all cores)")
+    p.add_argument("--stage", help=argparse.SUPPRESS)
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.stage:
+        print(json.dumps(STAGES[a.stage](*[int(x) if x.isdigit() else x for x in a.rest])))
+        return 0
+
+    launcher = Launcher()  # first, while this process is small
+    work = Path(tempfile.mkdtemp(prefix="rsvae-bench-"))
+    try:
+        return report(a, launcher, work)
+    finally:
+        launcher.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
+    """Run every measurement in the scratch folder ``work`` and print the table."""
+    a.cache.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str, str]] = []
+    checks: list[tuple[str, bool, str]] = []
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    t_build = time.perf_counter()
+    raster = build_raster(a.cache / f"scene_{a.size}x{a.size}x{a.bands}.tif", a.size, a.bands)
+    half = max(BLOCK, a.size // 2)
+    small = build_raster(a.cache / f"scene_{half}x{half}x{a.bands}.tif", half, a.bands)
+    say(f"rasters ready in {time.perf_counter() - t_build:.1f} s: {raster} ({raster.stat().st_size / 2**20:.0f} MiB)")
+    px = a.size * a.size
+    model = work / "model"
+
+    trainings = []
+    for i, threads in enumerate(int(t) for t in a.train_threads.split(",")):
+        say(f"training with {threads or 'all'} thread(s) ...")
+        result, _, rss_train = stage(launcher, "train", model if i == 0 else work / f"model-{i}", a.train_pixels,
+                                     a.bands, threads)
+        trainings.append((result, rss_train))
+
+    # Every stage below is a new process, timed from its start to its end (start-up included, as a user sees it).
+    # Each runs --repeat times, interleaved with the others, and the fastest run counts (peak RSS: the largest):
+    # other processes on a shared machine only ever slow a run down.
+    rsvae = [sys.executable, "-m", "pipeline", "score", "-q", str(model)]
+    runs = {
+        "read": [sys.executable, __file__, "--stage", "read", str(raster), "0"],
+        "read2": [sys.executable, __file__, "--stage", "read", str(raster), "2"],
+        "plain": [sys.executable, __file__, "--stage", "io_plain", str(raster), str(work / "plain.tif")],
+        "io": [sys.executable, __file__, "--stage", "io", str(raster), str(work / "io.tif")],
+        "score": [*rsvae, str(raster), "-o", str(work / "score.tif")],
+        "score_half": [*rsvae, str(small), "-o", str(work / "score_half.tif")],
+    }
+    best: dict[str, tuple[float, float, str]] = {}
+    for r in range(a.repeat):
+        for key, argv in runs.items():
+            say(f"run {r + 1}/{a.repeat}: {key} ...")
+            wall, rss, out = launcher.run(argv)
+            old = best.get(key)
+            best[key] = (min(wall, old[0]) if old else wall, max(rss, old[1]) if old else rss,
+                         out if not old or wall < old[0] else old[2])
+    mpx = {k: (half**2 if k == "score_half" else px) / v[0] / 1e6 for k, v in best.items()}
+    rss = {k: v[1] for k, v in best.items()}
+    finish = {k: json.loads(best[k][2].strip().splitlines()[-1])["finish"] for k in ("plain", "io")}
+    read_mpx, read2_mpx, plain_mpx, io_mpx, score_mpx = (mpx[k] for k in ("read", "read2", "plain", "io", "score"))
+    rows.append(("read every block, one dataset handle (the targets' baseline)", f"{read_mpx:.2f}", "1.00",
+                 f"{rss['read']:.0f}"))
+    rows.append(("read every block with rsvae's reader (2 threads, a handle each)", f"{read2_mpx:.2f}",
+                 f"{read2_mpx / read_mpx:.2f}", f"{rss['read2']:.0f}"))
+    rows.append((f"I/O-only, one plain loop: read a block, write a 3-band float32 block with rsvae's writer "
+                 f"(COG step {finish['plain']:.1f} s)", f"{plain_mpx:.2f}", f"{plain_mpx / read_mpx:.2f}",
+                 f"{rss['plain']:.0f}"))
+    rows.append((f"I/O-only through rsvae's streaming scorer with a model that does nothing "
+                 f"(COG step {finish['io']:.1f} s)", f"{io_mpx:.2f}", f"{io_mpx / read_mpx:.2f}", f"{rss['io']:.0f}"))
+    rows.append(("`rsvae score`, default model", f"{score_mpx:.2f}", f"{score_mpx / read_mpx:.2f}",
+                 f"{rss['score']:.0f}"))
+    rows.append((f"`rsvae score` on the {half}² raster", f"{mpx['score_half']:.2f}", "–", f"{rss['score_half']:.0f}"))
+    rss, rss_s = rss["score"], rss["score_half"]
+
+    say("in-memory scoring ...")
+    api, _, api_rss = stage(launcher, "api", model, a.api_pixels, a.bands, "no" if a.no_pyod else "yes", a.repeat)
+    api_mpx = api["pixels"] / api["seconds"] / 1e6
+    rows.append((f"Python API `score` on {api['pixels']:,} in-memory pixels (1 torch thread)", f"{api_mpx:.2f}", "–",
+                 f"{api_rss:.0f}"))
+    if "pyod_seconds" in api:
+        rows.append(("PyOD VAE `decision_function` on the same pixels (1 torch thread, its better batch size)",
+                     f"{api['pixels'] / api['pyod_seconds'] / 1e6:.3f}", "–", "–"))
+    for t, rss_train in trainings:
+        rows.append((f"training the default model, {t['threads']} torch thread{'s' if t['threads'] > 1 else ''} "
+                     f"({t['n_train']:,} pixels × {t['epochs']} epochs; {t['seconds']:.1f} s in all)",
+                     f"{t['mpx_s']:.2f}", "–", f"{rss_train:.0f}"))
+
+    checks.append(("1a. `rsvae score` ≥ 0.6 × reading", score_mpx >= TARGET_READ * read_mpx,
+                   f"{score_mpx / read_mpx:.2f} × (× the 2-thread read: {score_mpx / read2_mpx:.2f})"))
+    checks.append(("1b. `rsvae score` ≥ 0.8 × the I/O-only loop (rsvae's streaming scorer, no model)",
+                   score_mpx >= TARGET_IO * io_mpx,
+                   f"{score_mpx / io_mpx:.2f} × (× the plain I/O loop: {score_mpx / plain_mpx:.2f})"))
+    checks.append(("2. peak RSS of `rsvae score` < 512 MiB, flat in raster size",
+                   rss < TARGET_RSS_MIB and rss_s < TARGET_RSS_MIB and rss <= rss_s * 1.1 + 16,
+                   f"{rss:.0f} MiB at {a.size}², {rss_s:.0f} MiB at {half}²"))
+    if "pyod_seconds" in api:
+        checks.append(("3. API scoring ≥ 10 × PyOD's VAE", api["pyod_seconds"] >= TARGET_PYOD * api["seconds"],
+                       f"{api['pyod_seconds'] / api['seconds']:.1f} ×"))
+    else:
+        checks.append(("3. API scoring ≥ 10 × PyOD's VAE", False, "not measured (pyod is not installed)"))
+    best = max((t for t, _ in trainings), key=lambda t: t["mpx_s"])
+    checks.append(("4. training ≥ 1 Mpixel/s and < 60 s to early stopping",
+                   best["mpx_s"] >= TARGET_TRAIN_MPX and best["seconds"] < TARGET_TRAIN_S,
+                   "; ".join(f"{t['mpx_s']:.2f} Mpixel/s, {t['seconds']:.1f} s ({t['threads']} thread"
+                             f"{'s' if t['threads'] > 1 else ''})" for t, _ in trainings)))
+
+    import rasterio
+    import torch
+
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "GDAL_NUM_THREADS", "GDAL_CACHEMAX") if k in os.environ}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{a.size} × {a.size} × {a.bands} float32 GeoTIFF (deflate, predictor 3, 256-pixel tiles, "
+          f"{raster.stat().st_size / 2**20:.0f} MiB); {os.cpu_count()} CPUs (load {load:.1f} at the end), "
+          f"torch {torch.__version__}, GDAL {rasterio.__gdal_version__}" + (f", env {env}" if env else "") + "\n")
+    print("| stage | Mpixel/s | × read | peak RSS (MiB) |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print("\n| target | measured | met |")
+    print("| --- | --- | --- |")
+    for name, ok, value in checks:
+        print(f"| {name} | {value} | {'yes' if ok else 'NO'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The generative side of the VAE: latent features, spectra sampled from the prior, paths through latent space.
+
+A VAE is a generative model of the spectra, not only an anomaly scorer:
+
+* ``features``: the posterior means of every valid pixel, one float32 band per latent dimension, streamed through
+  the same scorer as anomaly scores (same grid, CRS and nodata handling);
+* ``sample``: spectra decoded from draws of the prior N(0, I): what the model believes normal ground looks like;
+* ``interpolate``: spectra decoded along the straight line between two pixels' posterior means.
+
+Decoded spectra are the decoder's mean for each latent vector (no observation noise is added), in the input's units
+(the model's normalisation undone). Only the VAE has these; other detectors raise a ModelError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.detectors.base import Detector, file_digest
+from pipeline.detectors.vae import F32_MAX, VAEDetector
+from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
+from pipeline.raster import describe, pixel_index, read_pixel
+
+if TYPE_CHECKING:
+    from pipeline.scoring import ScoreSummary
+
+#: Most generated spectra drawn one by one in a plot; more would hide each other (all are in the CSV).
+PLOT_MAX_LINES = 200
+
+
+def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
+    """The detector as a VAE, or a ModelError saying that ``what`` needs one (RX models have no latent space)."""
+    if not isinstance(detector, VAEDetector):
+        where = getattr(detector, "origin", {}).get("path") or "model"
+        raise ModelError(f"{where}: is a {detector.kind!r} model; {what} needs a VAE model "
+                         f"(one trained with --method vae), which has a latent space")
+    return detector
+
+
+# --------------------------------------------------------------------------------------------- features
+
+class LatentMeans(Detector):
+    """An adapter that lets the streaming scorer write posterior means: outputs ``latent_1`` … ``latent_k``."""
+
+    #: Not "vae": the scorer tags the output with it, and must never take the adapter for the VAE itself.
+    kind = "vae-latent"
+
+    def __init__(self, vae: VAEDetector):
+        self.vae = vae
+        self.band_names = vae.band_names
+        self.meta = vae.meta
+        self.origin = getattr(vae, "origin", {})
+        self.outputs = tuple(f"latent_{i + 1}" for i in range(int(vae.architecture["latent"])))
+
+    def score(self, pixels: np.ndarray, chunk: int = 65536, **_: Any) -> dict[str, np.ndarray]:
+        """Posterior means of ``pixels`` (n, bands): ``latent_i`` -> (n,) float32; sampling options are ignored."""
+        n = pixels.shape[0]
+        mu = np.empty((len(self.outputs), n), np.float32)
+        for i in range(0, n, chunk):
+            mu[:, i:i + chunk] = self.vae.encode(pixels[i:i + chunk])[0].T
+        np.nan_to_num(mu, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
+        return dict(zip(self.outputs, mu, strict=True))
+
+    def tensors(self) -> dict[str, Any]:
+        raise NotImplementedError("LatentMeans is a view of a VAE for writing features, not a model to save")
+
+
+def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: int = 65536,
+             progress: Callable[[int], None] | None = None) -> ScoreSummary:
+    """Write the posterior mean of every valid pixel of ``tile`` to a float32 COG at ``out``, one band per latent
+    dimension (``latent_1`` …), on the input's grid, CRS and nodata; invalid pixels are nodata in every band.
+
+    Streams window by window through ``pipeline.scoring.score_raster``, so memory is bounded as in scoring.
+    Returns the scorer's summary.
+    """
+    from pipeline.scoring import score_raster
+
+    vae = require_vae(detector, "writing latent features")
+    return score_raster(LatentMeans(vae), tile, out, chunk=chunk, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+def sample(detector: Detector, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` spectra (n, bands) in input units, decoded from seeded draws of the prior N(0, I)."""
+    vae = require_vae(detector, "generating spectra")
+    if n < 1:
+        raise InputError(f"the number of spectra to generate must be at least 1, not {n}")
+    z = np.random.default_rng(seed).standard_normal((n, int(vae.architecture["latent"])))
+    return vae.decode(z)
+
+
+# --------------------------------------------------------------------------------------------- interpolation
+
+@dataclass
+class LatentPath:
+    """A decoded path through latent space between two pixels."""
+
+    t: np.ndarray           #: (steps,) position along the path, 0 at the first pixel and 1 at the second
+    spectra: np.ndarray     #: (steps, bands) decoded spectra, input units
+    latent: np.ndarray      #: (steps, latent) the latent vectors decoded
+    ends: np.ndarray        #: (2, bands) the two pixels' own spectra, input units
+
+
+def interpolate(detector: Detector, start: np.ndarray, end: np.ndarray, steps: int) -> LatentPath:
+    """Decode ``steps`` points on the straight line between the posterior means of spectra ``start`` and ``end``.
+
+    The first and last decoded spectra are the model's reconstructions of the two pixels, decode(mu).
+    """
+    vae = require_vae(detector, "interpolating")
+    if steps < 2:
+        raise InputError(f"--steps must be at least 2 (the two end points), not {steps}")
+    ends = np.stack([np.asarray(start), np.asarray(end)])
+    mu, _ = vae.encode(ends)
+    t = np.linspace(0.0, 1.0, steps)
+    z = (1.0 - t)[:, None] * mu[0] + t[:, None] * mu[1]
+    return LatentPath(t=t, spectra=vae.decode(z), latent=z, ends=ends.astype(np.float64))
+
+
+def pixel_spectrum(tile: str | Path, row: int, col: int) -> np.ndarray:
+    """The spectrum (bands,) of pixel (``row``, ``col``) of ``tile``; InputError when outside the raster or invalid."""
+    values, valid = read_pixel(tile, row, col)
+    if not valid:
+        raise InputError(f"{tile}: pixel (row {row}, col {col}) is not valid (nodata, NaN or masked in at "
+                         f"least one band); pick another pixel")
+    return values.astype(np.float64)
+
+
+def locate(tile: str | Path, x: float, y: float) -> tuple[int, int]:
+    """The (row, col) of ``tile``'s pixel holding map point (``x``, ``y``) in the raster's CRS."""
+    return pixel_index(describe(tile), x, y)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+def spectrum_columns(detector: Detector) -> list[str]:
+    """CSV column names: wavelengths (``450.0nm``) when the model records distinct ones, else band names."""
+    wl = detector.meta.get("wavelengths")
+    if wl and len(wl) == detector.bands and all(w is not None and math.isfinite(w) for w in wl):
+        # Values above 100 are nanometres in any sensor's metadata; smaller ones (micrometres?) get no unit.
+        names = [f"{w:.1f}nm" if min(wl) > 100 else f"{w:g}" for w in wl]
+        if len(set(names)) == len(names):
+            return names
+    return list(detector.band_names)
+
+
+@contextlib.contextmanager
+def _atomic(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place when the block succeeds, remove it otherwise."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_spectra_csv(path: str | Path, columns: Sequence[str], spectra: np.ndarray,
+                      index: dict[str, Sequence[Any]]) -> Path:
+    """Write spectra (n, bands) as CSV, one row per spectrum: the ``index`` columns first, then one per band."""
+    spectra = np.asarray(spectra)
+    with _atomic(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*index, *columns])
+        for i, row in enumerate(spectra):
+            w.writerow([*(v[i] for v in index.values()), *(f"{x:.7g}" for x in row)])
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+@dataclass
+class Reference:
+    """Real spectra to plot generated ones against, and where they came from."""
+
+    pixels: np.ndarray | None
+    source: str
+
+
+def reference_spectra(detector: Detector, sample_path: str | Path | None = None) -> Reference:
+    """Real training spectra: ``sample_path`` when given, else the sample file recorded in model.json.
+
+    When neither can be read, warns and returns no pixels (plots are then drawn without real spectra).
+    """
+    from pipeline.sample import load_sample
+
+    if sample_path is not None:
+        smp = load_sample(sample_path)
+        if smp.bands != detector.bands:
+            raise InputError(f"{sample_path}: has {smp.bands} bands but the model was trained on {detector.bands}")
+        return Reference(smp.pixels, str(sample_path))
+    recorded = detector.meta.get("sample") or {}
+    path = recorded.get("path")
+    if not path or not Path(path).is_file():
+        why = f"its training sample {path} is not found" if path else "model.json records no training sample"
+        warnings.warn(f"{why}; plotting the generated spectra without real ones (pass --sample FILE to add them)",
+                      RsvaeWarning, stacklevel=2)
+        return Reference(None, "")
+    if recorded.get("digest") and file_digest(path) != recorded["digest"]:
+        warnings.warn(f"{path}: changed since the model was trained on it; plotting its spectra anyway",
+                      RsvaeWarning, stacklevel=2)
+    smp = load_sample(path)
+    if smp.bands != detector.bands:
+        warnings.warn(f"{path}: has {smp.bands} bands, not the model's {detector.bands}; plotting without it",
+                      RsvaeWarning, stacklevel=2)
+        return Reference(None, "")
+    return Reference(smp.pixels, str(path))
+
+
+def _axis(detector: Detector) -> tuple[np.ndarray, str]:
+    wl = detector.meta.get("wavelengths")
+    if wl and len(wl) == detector.bands and all(w is not None for w in wl):
+        return np.asarray(wl, float), "wavelength (nm)" if min(wl) > 100 else "wavelength"
+    return np.arange(1, detector.bands + 1), "band"
+
+
+def plot_format(path: str | Path) -> str:
+    """The image format a plot path's suffix names (png without one); OutputError for one matplotlib cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise OutputError(f"{path}: cannot write a plot as .{fmt} (use one of {', '.join(sorted(known))})")
+    return fmt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    fmt = plot_format(path)
+    with _atomic(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=fig.dpi)
+    return Path(path)
+
+
+def plot_generated(detector: Detector, spectra: np.ndarray, path: str | Path, reference: Reference,
+                   *, title: str | None = None) -> Path:
+    """Plot generated spectra beside the real spectra's mean and spread (5-95 % and min-max) per band."""
+    from matplotlib.figure import Figure
+
+    x, xlabel = _axis(detector)
+    fig = Figure(figsize=(7.5, 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    if reference.pixels is not None and reference.pixels.size:
+        real = reference.pixels.astype(np.float64)
+        lo, p5, p95, hi = np.quantile(real, [0.0, 0.05, 0.95, 1.0], axis=0)
+        ax.fill_between(x, lo, hi, color="0.88", lw=0, label="real: min-max")
+        ax.fill_between(x, p5, p95, color="0.7", lw=0, label="real: 5-95 %")
+        ax.plot(x, real.mean(axis=0), color="k", lw=2, label=f"real: mean of {len(real)}")
+    else:
+        ax.text(0.01, 0.98, "no real spectra (training sample not available)", transform=ax.transAxes,
+                va="top", fontsize=8, color="0.3")
+    shown = spectra[:PLOT_MAX_LINES]
+    ax.plot(x, shown.T, color="tab:orange", lw=0.6, alpha=0.5)
+    ax.plot([], [], color="tab:orange", lw=0.6,
+            label=f"generated: {len(shown)}" + (f" of {len(spectra)}" if len(spectra) > len(shown) else ""))
+    ax.plot(x, spectra.mean(axis=0), color="tab:red", lw=1.5, ls="--", label="generated: mean")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("value (input units)")
+    ax.set_title(title or "Spectra sampled from the VAE's prior vs. real training spectra", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_path(detector: Detector, lp: LatentPath, path: str | Path, labels: tuple[str, str]) -> Path:
+    """Plot a latent path's decoded spectra coloured by step, with the two end pixels' real spectra."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    x, xlabel = _axis(detector)
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(7.5, 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for t, s in zip(lp.t, lp.spectra, strict=True):
+        ax.plot(x, s, color=cmap(t), lw=1.0)
+    ax.plot(x, lp.ends[0], color=cmap(0.0), lw=2.2, ls="--", label=f"real {labels[0]}")
+    ax.plot(x, lp.ends[1], color=cmap(1.0), lw=2.2, ls=":", label=f"real {labels[1]}")
+    ax.plot([], [], color="0.4", lw=1.0, label=f"decoded path, {len(lp.t)} steps")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, label="position along the path")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("value (input units)")
+    ax.set_title("Spectra decoded along the straight latent path between two pixels", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

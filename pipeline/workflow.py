@@ -1,0 +1,146 @@
+"""What the Snakefile needs to plan its jobs: the checked config, the tiles by name, cluster resources.
+
+The Snakefile stays wiring only; every decision it depends on (which tiles, which truth rasters, where the
+resolved config goes, which SLURM account) is made here, where it is tested.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import validate
+from pipeline.errors import ConfigError
+
+#: Environment variables read when the config's cluster section leaves account or partition empty
+#: (the names sbatch itself reads, so a shell already set up for sbatch needs nothing more).
+ACCOUNT_ENV = "SBATCH_ACCOUNT"
+PARTITION_ENV = "SBATCH_PARTITION"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The tiles a run works on, by tile name (the file stem, the workflow's ``{tile}`` wildcard)."""
+
+    results: str
+    config_file: str
+    normal: dict[str, str]
+    targets: dict[str, str]
+    truth: dict[str, str]
+    demo_files: list[str] = field(default_factory=list)
+    features: bool = False
+
+
+def start(config: dict[str, Any], sources: Sequence[str | Path] = ()) -> Plan:
+    """Check the workflow's config against the one schema and plan its tiles, as the Snakefile is read.
+
+    A wrong key, type or glob raises Snakemake's WorkflowError with the one-line message naming the key and
+    the config files, so the run stops before any job starts.
+    """
+    source = f"config ({', '.join(str(s) for s in sources)})" if sources else "config"
+    try:
+        checked = validate(config, source)
+        try:
+            return plan(checked)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    except ConfigError as exc:
+        try:
+            from snakemake.exceptions import WorkflowError
+        except ImportError:  # not under Snakemake: the plain error
+            raise exc from None
+        raise WorkflowError(str(exc)) from None
+
+
+def expand_tiles(patterns: Sequence[str], key: str) -> dict[str, str]:
+    """Tile name -> path for every file the ``key`` globs match (sorted); each glob must match something."""
+    tiles: dict[str, str] = {}
+    for pattern in patterns:
+        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise ConfigError(f"{key}: {pattern!r} matches no file")
+        for path in matches:
+            name = Path(path).stem
+            if name in tiles and os.path.realpath(tiles[name]) != os.path.realpath(path):
+                raise ConfigError(f"{key}: two tiles named {name!r} ({tiles[name]} and {path}); "
+                                  "tile names (file names without extension) must be unique")
+            tiles.setdefault(name, path)
+    return tiles
+
+
+def plan(config: dict[str, Any]) -> Plan:
+    """The run's tiles: the demo's (``demo: true``) or the ``normal``/``targets`` globs, and truth where it exists."""
+    results = str(config["results"]).rstrip("/") or "."
+    config_file = f"{results}/config.yaml"
+    if config["demo"]:
+        from pipeline.config import schema
+        from pipeline.synth import demo_layout
+
+        defaults = schema()["properties"]
+        changed = [k for k in ("normal", "targets", "truth") if config[k] != defaults[k]["default"]]
+        if changed:
+            raise ConfigError(f"demo: is true, so the demo tiles are used, but {' and '.join(changed)} name "
+                              "other tiles; set demo: false to use them")
+
+        s = config["synth"]
+        layout = demo_layout(s["outdir"], tiles_normal=s["tiles_normal"], tiles_test=s["tiles_test"])
+        if not layout.test:
+            raise ConfigError("synth.tiles_test: the demo needs at least one test tile to score")
+        normal = {p.stem: str(p) for p in layout.normal}
+        targets = {p.stem: str(p) for p in layout.test}
+        truth = {p.stem: str(p) for p in layout.truth}
+        files = [str(p) for p in (*layout.normal, *layout.test, *layout.truth)]
+        return Plan(results, config_file, normal, targets, truth, files, config["features"])
+    normal = expand_tiles(config["normal"], "normal")
+    targets = expand_tiles(config["targets"], "targets")
+    if not normal:
+        raise ConfigError("normal: no tiles to train on; list globs of normal tiles")
+    if not targets:
+        raise ConfigError("targets: no tiles to score; list globs of target tiles")
+    truth = {}
+    for name in targets:
+        try:
+            path = config["truth"].format(tile=name)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"truth: {config['truth']!r} is not a pattern with {{tile}} ({exc})") from None
+        if os.path.isfile(path):
+            truth[name] = path
+    return Plan(results, config_file, normal, targets, truth, [], config["features"])
+
+
+def cluster_resources(config: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """SLURM account and partition for every job: the config's cluster section, else $SBATCH_ACCOUNT/PARTITION.
+
+    Empty values are left out, so the SLURM executor falls back to its own guess (and local runs ignore them).
+    """
+    environ = os.environ if environ is None else environ
+    cluster = config.get("cluster") or {}
+    resources = {}
+    for key, env in (("account", ACCOUNT_ENV), ("partition", PARTITION_ENV)):
+        value = cluster.get(key) or environ.get(env, "")
+        if value:
+            resources[f"slurm_{key}"] = value
+    return resources
+
+
+def write_config(config: dict[str, Any], path: str | Path) -> Path:
+    """Write the resolved config (defaults filled in) for the jobs' ``rsvae --config``; untouched if unchanged."""
+    path = Path(path)
+    plain = json.loads(json.dumps(config))  # Snakemake's config may hold dict subclasses YAML cannot dump
+    text = ("# The resolved configuration of the last workflow run (written by the Snakefile; edit the\n"
+            "# config you ran with, not this file). Every rsvae job of the run reads it with --config.\n"
+            + yaml.safe_dump(validate(plain, "workflow config"), sort_keys=False))
+    if path.is_file() and path.read_text() == text:
+        return path
+    from pipeline.report import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path

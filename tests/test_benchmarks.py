@@ -1,0 +1,20 @@
+"""The throughput benchmark runs end to end at a tiny size (a smoke test: no timing is asserted)."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import throughput
+
+    assert throughput.main(["--size", "256", "--bands", "8", "--cache", str(tmp_path), "--train-pixels", "3000",
+                            "--api-pixels", "4000", "--train-threads", "1", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("read every block", "I/O-only", "`rsvae score`", "Python API", "training the default model",
+                   "1a.", "1b.", "2. peak RSS", "3. API scoring", "4. training"):
+        assert needle in out, needle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_256x256x8.tif"]  # the cached raster, reused
+    del sys.modules["throughput"]

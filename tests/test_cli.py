@@ -1,0 +1,100 @@
+"""The CLI end to end on demo data, as a user runs it step by step."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from pipeline.cli import cli
+
+
+def run(*args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """synth -> ingest -> train -> score on a 64-band demo, with a config file and CLI overrides."""
+    root = tmp_path_factory.mktemp("cli")
+    cfg = root / "config.yaml"
+    cfg.write_text("train:\n  epochs: 30\n  threads: 1\ningest:\n  max_pixels: 10000\n")
+    demo, work = root / "demo", root / "work"
+    run("synth", demo, "--seed", 0, "--size", 96, "--tiles-normal", 2, "--tiles-test", 2, "-q")
+    run("ingest", *sorted((demo / "normal").glob("*.tif")), "-o", work / "sample.nc", "--config", cfg, "-q")
+    run("train", work / "sample.nc", "-o", work / "model", "--config", cfg, "--seed", 0, "-q")
+    for tile in sorted((demo / "test").glob("*.tif")):
+        run("score", work / "model", tile, "-o", work / "scores" / tile.name, "--mask-out",
+            work / "masks" / tile.name, "--fpr", 0.001, "-q")
+    return demo, work
+
+
+def test_demo_auc_at_least_098(pipeline_run):
+    demo, work = pipeline_run
+    scores, labels = [], []
+    for tile in sorted((demo / "test").glob("*.tif")):
+        with rasterio.open(work / "scores" / tile.name) as s, rasterio.open(demo / "truth" / tile.name) as t:
+            a, y = s.read(1), t.read(1)
+            valid = a != s.nodata
+            scores.append(a[valid])
+            labels.append(y[valid])
+    assert roc_auc_score(np.concatenate(labels), np.concatenate(scores)) >= 0.98
+
+
+def test_outputs_keep_georeference(pipeline_run):
+    demo, work = pipeline_run
+    tile = sorted((demo / "test").glob("*.tif"))[0]
+    with rasterio.open(tile) as src, rasterio.open(work / "scores" / tile.name) as s, \
+            rasterio.open(work / "masks" / tile.name) as m:
+        assert s.crs == src.crs == m.crs and s.transform == src.transform == m.transform
+        assert s.nodata == src.nodata
+        assert m.dtypes[0] == "uint8" and set(np.unique(m.read(1))) <= {0, 1, 255}
+
+
+def test_config_file_reached_training(pipeline_run):
+    _, work = pipeline_run
+    meta = json.loads((work / "model" / "model.json").read_text())
+    assert meta["config"]["ingest"]["max_pixels"] == 10000
+    assert meta["sample"]["pixels"] == 10000
+    assert len(meta["training"]["history"]) <= 30
+
+
+def test_evaluate_command(pipeline_run, tmp_path):
+    demo, work = pipeline_run
+    tile = sorted((demo / "test").glob("*.tif"))[0]
+    run("evaluate", work / "scores" / tile.name, demo / "truth" / tile.name, "-o", tmp_path / "m.json", "-q")
+    assert json.loads((tmp_path / "m.json").read_text())["roc_auc"] > 0.9
+
+
+def test_band_mismatch_one_line_error(pipeline_run, tmp_path):
+    _, work = pipeline_run
+    from tests.conftest import write_tif
+
+    tif = write_tif(tmp_path / "three.tif", np.ones((3, 8, 8), np.float32))
+    out = run("score", work / "model", tif, "-o", tmp_path / "o.tif", code=1)
+    assert out.strip() == f"Error: {tif}: has 3 bands but the model was trained on 64"
+    assert "Traceback" not in out and not (tmp_path / "o.tif").exists()
+
+
+def test_bad_config_names_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epoch: 3\n")
+    out = run("train", tmp_path / "x.nc", "-o", tmp_path / "m", "--config", cfg, code=2)
+    assert "unknown key 'train.epoch'" in out
+
+
+@pytest.mark.parametrize("command", ["synth", "ingest", "merge", "train", "score", "evaluate"])
+def test_help_has_examples(command):
+    out = run(command, "--help")
+    assert "Example" in out
+
+
+def test_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True, check=True)
+    assert "rsvae" in out.stdout

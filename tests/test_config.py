@@ -1,0 +1,45 @@
+"""Config loading: defaults from the one schema, unknown keys and bad values named."""
+
+import pytest
+
+from pipeline.config import load_config, section, validate
+from pipeline.errors import ConfigError
+
+
+def test_defaults_fill_every_section():
+    cfg = load_config()
+    assert cfg["train"]["latent"] == 8
+    assert cfg["ingest"]["max_pixels"] == 200_000
+    assert cfg["score"]["fpr"] == 0.001
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'"):
+        validate({"train": {"epoch": 3}})
+
+
+def test_bad_value_is_named():
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        validate({"train": {"epochs": -1}})
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 7\n  latent: 4\n")
+    cfg = load_config(p)
+    s = section(cfg, "train", {"epochs": 3, "latent": None})
+    assert (s["epochs"], s["latent"]) == (3, 4)
+
+
+def test_command_line_value_checked_too():
+    with pytest.raises(ConfigError, match=r"ingest\.max_pixels"):
+        section(load_config(), "ingest", {"max_pixels": 0})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

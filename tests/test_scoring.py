@@ -1,0 +1,155 @@
+"""Streaming scoring: georeference kept, nodata where invalid, scores equal the in-memory API, mask by fpr."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.detectors import load_detector
+from pipeline.errors import InputError
+from pipeline.scoring import score_raster
+from tests.conftest import write_tif
+
+
+def test_georeference_nodata_and_values(model_dir, demo, tmp_path):
+    det = load_detector(model_dir)
+    out, mask = tmp_path / "s.tif", tmp_path / "m.tif"
+    summary = score_raster(det, demo.test[0], out, mask_out=mask, fpr=0.01)
+    with rasterio.open(demo.test[0]) as src, rasterio.open(out) as ds, rasterio.open(mask) as m:
+        assert ds.crs == src.crs and ds.transform == src.transform and ds.nodata == src.nodata
+        assert ds.count == 3 and ds.dtypes[0] == "float32"
+        assert ds.descriptions == ("score", "reconstruction", "kl")
+        data = src.read()
+        valid = (data != src.nodata).all(0)
+        scores = ds.read()
+        assert (scores[:, ~valid] == ds.nodata).all()
+        direct = det.score(data[:, valid].T)
+        assert np.allclose(scores[0][valid], direct["score"], rtol=5e-5)  # band-major vs pixel-major fp32 order
+        mk = m.read(1)
+        assert (mk[~valid] == 255).all()
+        assert np.array_equal(mk[valid] == 1, scores[0][valid] > summary.threshold)
+    assert summary.valid_pixels == int(valid.sum())
+
+
+def test_anomalies_score_higher(model_dir, demo, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    det = load_detector(model_dir)
+    out = tmp_path / "s.tif"
+    score_raster(det, demo.test[0], out)
+    with rasterio.open(out) as ds, rasterio.open(demo.truth[0]) as t:
+        s, y = ds.read(1), t.read(1)
+        valid = s != ds.nodata
+    assert roc_auc_score(y[valid], s[valid]) > 0.9  # a briefly trained model on 16 bands; the CLI test checks 0.98
+
+
+def test_band_mismatch_names_file_and_counts(model_dir, tmp_path):
+    tif = write_tif(tmp_path / "eight.tif", np.ones((8, 16, 16), np.float32))
+    with pytest.raises(InputError, match=r"eight.tif: has 8 bands but the model was trained on 16"):
+        score_raster(load_detector(model_dir), tif, tmp_path / "o.tif")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_mask_needs_fpr(model_dir, demo, tmp_path):
+    with pytest.raises(InputError, match="--fpr"):
+        score_raster(load_detector(model_dir), demo.test[0], tmp_path / "o.tif", mask_out=tmp_path / "m.tif")
+
+
+# ---- the streaming loop: deterministic whatever the threads, generic over detectors, margins for neighbours
+
+class BandSum:
+    """A detector with only the generic ``score(pixels (n, bands))``: the sum of the bands."""
+
+    kind = "band-sum"
+    outputs = ("score", "first")
+    meta: dict = {}
+
+    def check_bands(self, count, source):
+        pass
+
+    def score(self, pixels, **_):
+        return {"score": pixels.sum(axis=1, dtype=np.float32), "first": pixels[:, 0].astype(np.float32)}
+
+
+class NeighbourSum(BandSum):
+    """A detector that needs neighbours: the sum of band 1 over each pixel's 3x3 neighbourhood in the raster."""
+
+    kind = "neighbour-sum"
+    outputs = ("score",)
+    halo = 1
+
+    def score_block(self, data, valid):
+        from scipy.ndimage import convolve
+
+        h = self.halo  # data and valid carry exactly `halo` pixels of margin on every side
+        return {"score": convolve(np.where(valid, data[0], 0.0), np.ones((3, 3)), mode="constant")[h:-h, h:-h]}
+
+
+def _tiled_raster(tmp_path, rows=100, cols=130):
+    data = np.random.default_rng(3).normal(size=(4, rows, cols)).astype(np.float32)
+    data[:, 40, 50] = -9999.0
+    return data, write_tif(tmp_path / "in.tif", data, nodata=-9999.0, tiled=True, blockxsize=32, blockysize=32)
+
+
+def test_scores_identical_whatever_the_reader_threads(model_dir, demo, tmp_path):
+    det = load_detector(model_dir)
+    runs = []
+    for readers in (0, 1, 3):
+        out = tmp_path / f"s{readers}.tif"
+        score_raster(det, demo.test[0], out, readers=readers)
+        with rasterio.open(out) as ds:
+            runs.append((ds.read(), [ds.tags(b) for b in (1, 2, 3)]))
+    for data, tags in runs[1:]:
+        assert np.array_equal(data, runs[0][0]) and tags == runs[0][1]
+
+
+def test_generic_detector_without_fast_path(tmp_path):
+    data, path = _tiled_raster(tmp_path)
+    out = tmp_path / "o.tif"
+    summary = score_raster(BandSum(), path, out, mask_out=None)
+    valid = (data != -9999.0).all(0)
+    with rasterio.open(out) as ds:
+        s = ds.read()
+        assert ds.descriptions == ("score", "first")
+        np.testing.assert_allclose(s[0][valid], data[:, valid].sum(0), rtol=1e-6)
+        np.testing.assert_array_equal(s[1][valid], data[0][valid])
+        assert (s[:, ~valid] == -9999.0).all()
+        assert float(ds.tags(2)["STATISTICS_MAXIMUM"]) == pytest.approx(float(data[0][valid].max()))
+    assert summary.valid_pixels == int(valid.sum()) and summary.finish_seconds > 0
+
+
+def test_detector_with_a_halo_sees_neighbours_across_windows(tmp_path):
+    from scipy.ndimage import convolve
+
+    data, path = _tiled_raster(tmp_path)
+    out = tmp_path / "o.tif"
+    score_raster(NeighbourSum(), path, out)
+    valid = (data != -9999.0).all(0)
+    expected = convolve(np.where(valid, data[0], 0.0), np.ones((3, 3)), mode="constant")
+    with rasterio.open(out) as ds:
+        s = ds.read(1)
+    np.testing.assert_allclose(s[valid], expected[valid], rtol=1e-5, atol=1e-5)
+    assert (s[~valid] == -9999.0).all()
+
+
+def test_unreadable_block_leaves_no_output(model_dir, tmp_path):
+    data = np.random.default_rng(4).normal(size=(16, 256, 256)).astype(np.float32)
+    path = write_tif(tmp_path / "bad.tif", data, tiled=True, blockxsize=32, blockysize=32, compress="deflate")
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\x00\xff" * (size // 8))
+    with pytest.raises(InputError, match="bad.tif: could not read window"):
+        score_raster(load_detector(model_dir), path, tmp_path / "o.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]
+
+
+def test_posterior_samples_are_seeded(model_dir, demo, tmp_path):
+    det = load_detector(model_dir)
+    outs = []
+    for name, samples, seed in (("a", 3, 1), ("b", 3, 1), ("c", 1, 1)):
+        score_raster(det, demo.test[0], tmp_path / f"{name}.tif", samples=samples, seed=seed)
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            outs.append(ds.read())
+    assert np.array_equal(outs[0], outs[1])  # same seed, same draws
+    np.testing.assert_allclose(outs[0][2], outs[2][2], rtol=1e-4, atol=1e-4)  # the KL term does not sample
+    assert not np.array_equal(outs[0][1], outs[2][1])  # the reconstruction term does

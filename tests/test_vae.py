@@ -1,0 +1,143 @@
+"""The VAE detector: training, scoring terms, calibration, save/load without pickle."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.detectors import load_detector
+from pipeline.detectors.vae import VAE, VAEDetector, kl_term
+from pipeline.errors import InputError, ModelError
+from pipeline.sample import load_sample
+from tests.conftest import FAST_TRAIN
+
+
+def test_score_is_reconstruction_plus_beta_kl(model_dir, sample_file):
+    det = load_detector(model_dir)
+    s = load_sample(sample_file)
+    out = det.score(s.pixels[:200])
+    assert set(out) == {"score", "reconstruction", "kl"}
+    assert np.allclose(out["score"], out["reconstruction"] + det.beta * out["kl"], rtol=1e-5)
+    assert (out["kl"] >= 0).all()
+
+
+def test_reload_gives_identical_scores(model_dir, sample_file, tmp_path):
+    det = load_detector(model_dir)
+    det.save(tmp_path / "copy")
+    again = load_detector(tmp_path / "copy")
+    x = load_sample(sample_file).pixels[:500]
+    assert np.array_equal(det.score(x)["score"], again.score(x)["score"])
+
+
+def test_model_json_records_what_scoring_needs(model_dir):
+    meta = json.loads((model_dir / "model.json").read_text())
+    for key in ("architecture", "band_names", "calibration", "training", "versions", "wavelengths", "sample"):
+        assert key in meta
+    assert meta["bands"] == 16 and meta["training"]["history"]
+    assert meta["calibration"]["values"] == sorted(meta["calibration"]["values"])
+
+
+def test_threshold_matches_fpr_on_held_out(model_dir):
+    det = load_detector(model_dir)
+    assert det.threshold(0.01) < det.threshold(0.001)
+
+
+def test_band_mismatch_is_clear(model_dir):
+    det = load_detector(model_dir)
+    with pytest.raises(InputError, match="has 5 bands but the model was trained on 16"):
+        det.score(np.zeros((3, 5), np.float32))
+
+
+def test_seed_preset_is_the_textbook_model(sample_file):
+    s = load_sample(sample_file)
+    settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
+    det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    m = det.module
+    assert det.architecture == {"hidden": [32], "latent": 32, "beta": 1.0, "reconstruction": "bce", "noise": "unit"}
+    assert m.encoder[0].in_features == 16 and m.encoder[0].out_features == 32 and m.mu.out_features == 32
+    assert isinstance(m.decoder[-1], torch.nn.Sigmoid)
+
+
+def test_kl_zero_at_prior():
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    assert torch.allclose(kl_term(mu, logvar), torch.zeros(2))
+
+
+def test_training_reproducible(sample_file):
+    s = load_sample(sample_file)
+    settings = {**load_config()["train"], **FAST_TRAIN, "epochs": 2}
+    a = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    b = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    for k, v in a.module.state_dict().items():
+        assert torch.equal(v, b.module.state_dict()[k])
+
+
+def test_corrupted_model_files(model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    (bad / "weights.safetensors").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ModelError, match="weights.safetensors"):
+        load_detector(bad)
+    (bad / "weights.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing weights.safetensors"):
+        load_detector(bad)
+
+
+def test_weights_must_fit_architecture(model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["architecture"]["latent"] = 3
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="do not match"):
+        load_detector(bad)
+
+
+def test_module_shapes():
+    m = VAE(10, [8, 4], 2)
+    xhat, mu, logvar = m(torch.zeros(5, 10))
+    assert xhat.shape == (5, 10) and mu.shape == (5, 2)
+
+
+# ---- the band-major fast path follows the reference path (nn.Module, float64 normalisation)
+
+def _assert_close_to_reference(det, pixels, got):
+    ref = det.score_tensor(torch.from_numpy(det.normalise(pixels)))
+    for k in det.outputs:
+        np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=2e-5 * float(np.abs(ref[k]).max()), err_msg=k)
+
+
+def test_fast_path_equals_reference_path(model_dir, sample_file):
+    det = load_detector(model_dir)
+    x = load_sample(sample_file).pixels[:5000]
+    _assert_close_to_reference(det, x, det.score(x))
+    band_major = np.ascontiguousarray(x.T)  # rasterio's layout
+    _assert_close_to_reference(det, x, det.score_bands(band_major))
+    _assert_close_to_reference(det, x, det.score(band_major.T))  # a transposed view goes the band-major way
+    _assert_close_to_reference(det, x, det.score(x.astype(np.float64), chunk=777))
+    assert all(v.shape == (0,) for v in det.score(x[:0]).values())
+
+
+def test_fast_path_equals_reference_path_for_bce(sample_file):
+    s = load_sample(sample_file)
+    settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
+    det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    x = s.pixels[:3000] * 1.5  # some pixels outside the training range: min-max clipping at work
+    _assert_close_to_reference(det, x, det.score(x))
+
+
+def test_band_major_layers_equal_the_module():
+    torch.manual_seed(0)
+    m = VAE(12, [16, 8], 3, sigmoid_output=True)
+    x = torch.randn(50, 12) * 3
+    mu, logvar = m.encode(x)
+    mu_bm, logvar_bm = m.encode_bm(x.T.contiguous())
+    torch.testing.assert_close(mu_bm.T, mu)
+    torch.testing.assert_close(logvar_bm.T, logvar)
+    torch.testing.assert_close(m.decode_bm(mu.T.contiguous()).T, m.decode(mu))

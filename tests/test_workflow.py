@@ -1,0 +1,238 @@
+"""The Snakemake workflow: its planning functions, and whole runs in a temporary copy of the repository.
+
+The end-to-end run uses a tiny demo (32x32 tiles, 8 bands, 3 epochs) so it stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import workflow as wf
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+#: What a run needs from the repository.
+WORKFLOW_FILES = ["Snakefile", "rules", "configs", "report", "envs", "pipeline"]
+#: A tiny demo with latent features: the test config laid over configs/config.yaml.
+TINY = {
+    "features": True,
+    "synth": {"size": 32, "bands": 8, "tiles_normal": 2, "tiles_test": 2},
+    "ingest": {"max_pixels": 1500},
+    "train": {"epochs": 3, "patience": 0, "batch_size": 256},
+}
+#: Jobs of the tiny demo, by rule.
+TINY_JOBS = {"demo": 1, "ingest": 2, "merge": 1, "train": 1, "score": 2, "quicklook": 2, "evaluate": 2,
+             "features": 2, "summarize": 1, "all": 1}
+
+
+# ---- planning (pipeline/workflow.py) ---------------------------------------------------------------------
+
+def test_demo_plan_names_the_files_synth_writes(demo):
+    from pipeline.config import validate
+
+    outdir = demo.normal[0].parent.parent
+    config = validate({"synth": {"outdir": str(outdir), "tiles_normal": 2, "tiles_test": 1}})
+    plan = wf.plan(config)
+    assert sorted(plan.normal.values()) == sorted(map(str, demo.normal))
+    assert sorted(plan.targets.values()) == sorted(map(str, demo.test))
+    assert sorted(plan.truth.values()) == sorted(map(str, demo.truth))
+    assert sorted(plan.demo_files) == sorted(map(str, [*demo.normal, *demo.test, *demo.truth]))
+
+
+def test_own_data_plan_globs_tiles_and_finds_truth_where_it_exists(tmp_path):
+    from pipeline.config import validate
+
+    for name in ["n/b.tif", "n/a.tif", "t/x.tif", "t/y.tif", "truth/x_truth.tif", "n/notes.txt"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    config = validate({"demo": False, "normal": [f"{tmp_path}/n/*.tif"], "targets": [f"{tmp_path}/t/*.tif"],
+                       "truth": f"{tmp_path}/truth/{{tile}}_truth.tif"})
+    plan = wf.plan(config)
+    assert list(plan.normal) == ["a", "b"]
+    assert list(plan.targets) == ["x", "y"]
+    assert plan.truth == {"x": f"{tmp_path}/truth/x_truth.tif"}
+    assert plan.demo_files == []
+
+
+def test_own_tiles_with_demo_still_on_is_an_error():
+    from pipeline.config import validate
+
+    with pytest.raises(ConfigError, match="demo: is true.*targets.*set demo: false"):
+        wf.plan(validate({"targets": ["mine/*.tif"]}))
+
+
+def test_tile_names_must_be_unique_and_globs_must_match(tmp_path):
+    for name in ["a/t.tif", "b/t.tif"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    with pytest.raises(ConfigError, match="two tiles named 't'"):
+        wf.expand_tiles([f"{tmp_path}/*/t.tif"], "normal")
+    with pytest.raises(ConfigError, match="targets: .*matches no file"):
+        wf.expand_tiles([f"{tmp_path}/none/*.tif"], "targets")
+    # the same file through two globs is one tile
+    assert wf.expand_tiles([f"{tmp_path}/a/*.tif", f"{tmp_path}/a/t.tif"], "normal") == {"t": f"{tmp_path}/a/t.tif"}
+
+
+def test_start_stops_with_the_key_and_the_config_files():
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match=r"config \(my.yaml\): train.epochs: 'x' is not of type"):
+        wf.start({"train": {"epochs": "x"}}, ["my.yaml"])
+    with pytest.raises(WorkflowError, match="normal: '/nonexistent/.*' matches no file"):
+        wf.start({"demo": False, "normal": ["/nonexistent/*.tif"]})
+
+
+def test_cluster_account_and_partition_from_config_then_environment():
+    env = {"SBATCH_ACCOUNT": "env-acct", "SBATCH_PARTITION": "env-part"}
+    assert wf.cluster_resources({"cluster": {"account": "cfg", "partition": ""}}, env) == {
+        "slurm_account": "cfg", "slurm_partition": "env-part"}
+    assert wf.cluster_resources({"cluster": {"account": "", "partition": ""}}, {}) == {}
+
+
+def test_write_config_is_the_validated_config_and_leaves_an_unchanged_file_alone(tmp_path):
+    from pipeline.config import load_config
+
+    path = tmp_path / "results" / "config.yaml"
+    wf.write_config({"train": {"epochs": 3}}, path)
+    assert load_config(path)["train"]["epochs"] == 3
+    assert load_config(path)["score"]["fpr"] == 0.001  # defaults written out
+    before = path.stat().st_mtime_ns
+    wf.write_config({"train": {"epochs": 3}}, path)
+    assert path.stat().st_mtime_ns == before
+    wf.write_config({"train": {"epochs": 4}}, path)
+    assert load_config(path)["train"]["epochs"] == 4
+
+
+# ---- Snakemake runs in a copy of the repository ----------------------------------------------------------
+
+def _env(copy: Path) -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)
+    return dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""), PYTHONPATH=str(copy),
+                OMP_NUM_THREADS="1", SBATCH_ACCOUNT="", SBATCH_PARTITION="")
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A copy of the workflow's files (no results, no demo) with the tiny test config beside them."""
+    pytest.importorskip("snakemake")
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, copy / name)
+    (copy / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    if shutil.which("rsvae", path=_env(copy)["PATH"]) is None:
+        pytest.skip("the rsvae command is not installed next to this Python")
+    return copy
+
+
+def snakemake(copy: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run snakemake in ``copy``; stdout and stderr together in ``.stdout``."""
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=copy, env=_env(copy), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table as {rule: count}."""
+    table = output.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def check_geotiff(path: Path, like: Path, count: int, dtype: str) -> None:
+    """``path`` is a readable GeoTIFF with ``count`` bands of ``dtype`` on the grid of ``like``."""
+    import rasterio
+
+    with rasterio.open(path) as ds, rasterio.open(like) as ref:
+        assert ds.driver == "GTiff"
+        assert (ds.count, ds.dtypes[0]) == (count, dtype)
+        assert (ds.width, ds.height, ds.transform) == (ref.width, ref.height, ref.transform)
+        assert ds.crs == ref.crs and ds.crs is not None
+        ds.read()  # every block decodes
+
+
+def test_demo_runs_end_to_end_and_builds_the_report(repo):
+    import numpy as np
+    import rasterio
+
+    run = snakemake(repo, "-c2", "--configfile", "tiny.yaml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    res, tiles = repo / "results", ["tile_000", "tile_001"]
+    for t in tiles:
+        check_geotiff(res / "scores" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 3, "float32")
+        check_geotiff(res / "masks" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 1, "uint8")
+        check_geotiff(res / "features" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 8, "float32")
+        with rasterio.open(res / "masks" / f"{t}.tif") as ds:
+            assert set(np.unique(ds.read())) <= {0, 1, 255}
+        metrics = json.loads((res / "metrics" / f"{t}.json").read_text())
+        assert 0.5 < metrics["roc_auc"] <= 1
+        for png in [res / "quicklooks" / f"{t}.png", *(res / "plots" / f"{t}_{k}.png"
+                                                     for k in ("roc", "quicklook", "histogram"))]:
+            assert png.read_bytes()[:4] == b"\x89PNG"
+        for step in ("ingest", "score", "quicklook", "evaluate"):
+            name = t if step != "ingest" else t.replace("tile", "normal")
+            assert (res / "logs" / step / f"{name}.log").is_file()
+            assert (res / "benchmarks" / step / f"{name}.tsv").is_file()
+    # every job read the run's config: the model trained for the test config's 3 epochs
+    model = json.loads((res / "model" / "model.json").read_text())
+    assert model["training"]["epochs_run"] == 3 and model["config"]["synth"]["size"] == 32
+    summary = (res / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("tile,") and [line.split(",")[0] for line in summary[1:]] == tiles
+    assert (res / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run has nothing to do: the written config and the params do not retrigger jobs
+    again = snakemake(repo, "-n", "-c2", "--configfile", "tiny.yaml")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-2000:]
+    report = snakemake(repo, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    assert report.returncode == 0, report.stdout[-2000:]
+    html = (res / "report.html").read_text()
+    for item in ("quicklooks/tile_000.png", "tile_001_roc.png", "training_curve.png", "summary.html"):
+        assert item in html
+
+
+def test_slurm_profile_dry_run_plans_every_job_with_account_partition_and_gpu(repo):
+    (repo / "cluster.yaml").write_text(yaml.safe_dump({"cluster": {"account": "proj42", "gpu": True}}))
+    env_part = _env(repo)
+    env_part["SBATCH_PARTITION"] = "batch"
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "configs/profiles/slurm",
+                          "--configfile", "tiny.yaml", "cluster.yaml"], cwd=repo, env=env_part, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert job_counts(run.stdout) == TINY_JOBS
+    resources = re.findall(r"^rule (\w+):.*?resources: ([^\n]*)", run.stdout, re.M | re.S)
+    assert {rule for rule, _ in resources} == set(TINY_JOBS)
+    for rule, res in resources:
+        if rule != "all":
+            assert "slurm_account=proj42" in res and "slurm_partition=batch" in res, (rule, res)
+            assert re.search(r"\bmem_mb=\d+", res) and re.search(r"\bruntime=\d+", res)
+        assert ("gpu=1" in res) == (rule == "train"), (rule, res)
+    assert not (repo / "results").exists() and not (repo / "demo").exists()
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"train": {"epochs": "many"}}, "train.epochs"),
+    ({"trian": {"epochs": 3}}, "unknown key 'trian'"),
+])
+def test_bad_config_stops_before_any_job_naming_the_key(repo, bad, key):
+    (repo / "bad.yaml").write_text(yaml.safe_dump(bad))
+    run = snakemake(repo, "-c1", "--configfile", "bad.yaml")
+    assert run.returncode != 0
+    assert re.search(key, run.stdout), run.stdout[-2000:]
+    assert "bad.yaml" in run.stdout
+    assert not (repo / "results").exists() and not (repo / "demo").exists()
+
+
+def test_lint_is_clean(repo):
+    run = snakemake(repo, "--lint")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "Lints for" not in run.stdout and "Congratulations" in run.stdout
