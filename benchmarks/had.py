@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.detectors import load_detector  # noqa: E402
+from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.raster import write_raster  # noqa: E402
 from pipeline.sample import ingest  # noqa: E402
 from pipeline.scoring import score_raster  # noqa: E402
@@ -52,15 +53,9 @@ def load_scene(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def metrics(scores: Path, truth: Path) -> dict[str, float]:
-    """Pixel ROC AUC and average precision of a score raster's first band against a truth raster."""
-    import rasterio
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    with rasterio.open(scores) as s, rasterio.open(truth) as t:
-        score, nodata, y = s.read(1), s.nodata, t.read(1).astype(bool)
-    valid = score != nodata if nodata is not None else np.isfinite(score)
-    return {"auc": float(roc_auc_score(y[valid], score[valid])),
-            "ap": float(average_precision_score(y[valid], score[valid]))}
+    """Pixel ROC AUC and average precision of a score raster against a truth raster (``rsvae evaluate``'s)."""
+    m = evaluate(scores, truth)
+    return {"auc": m["roc_auc"], "ap": m["average_precision"]}
 
 
 def run(tile: Path, truth: Path, work: Path, method: str, seed: int) -> dict[str, float]:
@@ -99,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    from rasterio.errors import NotGeoreferencedWarning
+
     warnings.filterwarnings("ignore", message=".*has no CRS.*")  # the scenes carry no georeference
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     rows, summary = [], {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.work or Path(tmp)

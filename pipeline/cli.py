@@ -236,12 +236,17 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--method", type=click.Choice(["vae", "rx", "lrx"]), help="Detector.  [default: vae]")
 @click.option("--preset", type=click.Choice(["default", "seed"]),
               help="Named architecture; 'seed' is the textbook VAE (hidden 32, latent 32, BCE).")
-@click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 64]")
+@click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 128]")
 @click.option("--latent", type=int, help="Latent dimensions.  [default: 8]")
 @click.option("--beta", type=float, help="Weight of the KL term.  [default: 1.0]")
 @click.option("--reconstruction", type=click.Choice(["gaussian", "bce", "mse"]),
               help="Reconstruction term.  [default: gaussian]")
+@click.option("--noise", type=click.Choice(["unit", "residual"]),
+              help="Covariance of the Gaussian reconstruction term when scoring.  [default: residual]")
+@click.option("--trim", type=float,
+              help="Train again without this fraction of worst-scoring sample pixels (0 = one pass).  [default: 0.02]")
 @click.option("--epochs", type=int, help="Most training epochs.  [default: 50]")
+@click.option("--max-steps", type=int, help="Most optimiser steps per training pass.  [default: 2000]")
 @click.option("--batch-size", type=int, help="Pixels per optimiser step.  [default: 1024]")
 @click.option("--lr", type=float, help="Adam learning rate.  [default: 0.001]")
 @click.option("--val-fraction", type=float, help="Held-out share of the sample.  [default: 0.1]")
@@ -270,10 +275,11 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
     from pipeline.training import train as train_model
 
     s, config = settings(config_path, "train", **opts)
-    passes = 2 if s["method"] == "vae" and s["trim"] > 0 else 1
-    with tqdm(total=s["epochs"] * passes, unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
+    with tqdm(total=s["epochs"], unit="epoch", desc="train", disable=quiet or not sys.stderr.isatty(),
               leave=False) as bar:
         def progress(rec: dict[str, float]) -> None:
+            if rec["epoch"] == 1:  # a new training pass, with its own number of epochs
+                bar.reset(total=rec.get("epochs", s["epochs"]))
             bar.update(1)
             bar.set_postfix(train=f"{rec['train_loss']:.4g}", val=f"{rec['val_loss']:.4g}")
 

@@ -246,7 +246,7 @@ class VAEDetector(Detector):
         last = passes[-1]
         meta["training"] = {
             "history": last["history"], "best_epoch": last["best_epoch"], "epochs_run": len(last["history"]),
-            "stopped_early": len(last["history"]) < s["epochs"],
+            "stopped_early": len(last["history"]) < planned_epochs(last["n_train"], s),
             "seconds": round(sum(p["seconds"] for p in passes), 3),
             "n_train": last["n_train"], "n_val": last["n_val"], "device": str(device),
             "passes": [{k: v for k, v in p.items() if k != "history"} for p in passes],
@@ -294,7 +294,8 @@ class VAEDetector(Detector):
         history: list[dict[str, float]] = []
         best, best_state, best_epoch, stale = math.inf, copy.deepcopy(m.state_dict()), 0, 0
         t0 = time.perf_counter()
-        for epoch in range(1, s["epochs"] + 1):
+        epochs = planned_epochs(x_train.shape[0], s)
+        for epoch in range(1, epochs + 1):
             m.train()
             order = torch.randperm(n, generator=gen).to(x_train.device)
             shuffled = x_train[order]  # one gather per epoch; the batches are then contiguous slices
@@ -312,7 +313,7 @@ class VAEDetector(Detector):
             with torch.inference_mode():
                 xhat, mu, logvar = m(x_val)
                 val = float((reconstruction_term(x_val, xhat, kind) + beta * kl_term(mu, logvar)).mean())
-            rec = {"epoch": epoch, "train_loss": float(total) / n, "val_loss": val,
+            rec = {"epoch": epoch, "epochs": epochs, "train_loss": float(total) / n, "val_loss": val,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
             if progress:
@@ -483,6 +484,12 @@ class VAEDetector(Detector):
                                   or noise[1].shape[1] > bands):
             raise ModelError(f"{where}: residual covariance arrays do not match the model's {bands} bands")
         return cls(module, meta["band_names"], offset, scale, meta, resolve_device(device), noise)
+
+
+def planned_epochs(n_train: int, s: dict[str, Any]) -> int:
+    """Epochs of one training pass: ``epochs``, fewer where that would exceed ``max_steps`` optimiser steps."""
+    steps_per_epoch = max(1, math.ceil(n_train / int(s["batch_size"])))
+    return max(1, min(int(s["epochs"]), math.ceil(int(s["max_steps"]) / steps_per_epoch)))
 
 
 def _fused_adam(device: torch.device) -> dict[str, bool]:
