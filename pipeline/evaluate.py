@@ -8,14 +8,14 @@ detections (background suppression) computed on scores scaled to [0, 1].
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError
+from pipeline.files import atomic_path
 from pipeline.raster import info_of, open_raster
 
 FALSE_ALARM_RATES = (1e-3, 1e-2)
@@ -86,23 +86,14 @@ def evaluate(scores_path: str | Path, truth_path: str | Path, out: str | Path | 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
     """Write JSON atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _save(fig: Any, path: Path) -> str:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return str(path)
 
 

@@ -13,13 +13,10 @@ Decoded spectra are the decoder's mean for each latent vector (no observation no
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-import os
-import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +26,7 @@ import numpy as np
 from pipeline.detectors.base import Detector, file_digest
 from pipeline.detectors.vae import F32_MAX, VAEDetector
 from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
+from pipeline.files import atomic_path
 from pipeline.raster import describe, pixel_index, read_pixel
 
 if TYPE_CHECKING:
@@ -154,29 +152,11 @@ def spectrum_columns(detector: Detector) -> list[str]:
     return list(detector.band_names)
 
 
-@contextlib.contextmanager
-def _atomic(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place when the block succeeds, remove it otherwise."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except OutputError:
-        raise
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def write_spectra_csv(path: str | Path, columns: Sequence[str], spectra: np.ndarray,
                       index: dict[str, Sequence[Any]]) -> Path:
     """Write spectra (n, bands) as CSV, one row per spectrum: the ``index`` columns first, then one per band."""
     spectra = np.asarray(spectra)
-    with _atomic(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*index, *columns])
         for i, row in enumerate(spectra):
@@ -244,7 +224,7 @@ def plot_format(path: str | Path) -> str:
 
 def _save(fig: Any, path: str | Path) -> Path:
     fmt = plot_format(path)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=fig.dpi)
     return Path(path)
 

@@ -6,20 +6,18 @@ These are the workflow's last step and the pictures of its HTML report; each is 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import json
 import math
-import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError
+from pipeline.files import atomic_path
 from pipeline.raster import iter_band, read_preview
 
 #: Metrics shown first in the table (the rest follow in alphabetical order).
@@ -31,21 +29,6 @@ NOT_METRICS = {"scores", "truth", "plots"}
 FLAGGED = 1
 #: Most flagged spots (connected pixels) a quicklook rings individually.
 MAX_RINGS = 200
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` only when the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def tile_name(path: str | Path) -> str:

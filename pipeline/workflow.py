@@ -139,7 +139,7 @@ def write_config(config: dict[str, Any], path: str | Path) -> Path:
             + yaml.safe_dump(validate(plain, "workflow config"), sort_keys=False))
     if path.is_file() and path.read_text() == text:
         return path
-    from pipeline.report import atomic_path
+    from pipeline.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
