@@ -190,7 +190,7 @@ def ingest(tiles: tuple[str, ...], output: str, partial: bool, config_path: str 
     if partial:
         if len(tiles) != 1:
             raise click.UsageError("--partial takes exactly one tile")
-    total = sum(describe(t).width * describe(t).height for t in tiles)
+    total = sum(info.width * info.height for info in map(describe, tiles))
     with pixel_bar(total, quiet, "ingest") as bar:
         if partial:
             sample.write_sample(sample.sample_tile(tiles[0], s["max_pixels"], s["seed"], bar), output)
