@@ -1,7 +1,8 @@
 """ROC AUC of the VAE's band-major fast path against its reference path, on the dev scenes and the demo.
 
-The fast path (``score`` / ``score_bands``: float32 normalisation, layers as W @ x in 4096-pixel chunks) must not
-change detection quality: this prints both AUCs per scene and their difference (it must stay below 0.001).
+The fast path (``score`` / ``score_bands``, ``pipeline/detectors/vae_inference.py``: float32, in place, band-major
+chunks) must not change detection quality: this prints both AUCs per scene and their difference (it must stay
+below 0.001).
 
     python benchmarks/fast_path_auc.py [--had ../shared/data/had] [--epochs 50]
 """

@@ -132,12 +132,44 @@ def test_fast_path_equals_reference_path_for_bce(sample_file):
     _assert_close_to_reference(det, x, det.score(x))
 
 
-def test_band_major_layers_equal_the_module():
-    torch.manual_seed(0)
-    m = VAE(12, [16, 8], 3, sigmoid_output=True)
-    x = torch.randn(50, 12) * 3
-    mu, logvar = m.encode(x)
-    mu_bm, logvar_bm = m.encode_bm(x.T.contiguous())
-    torch.testing.assert_close(mu_bm.T, mu)
-    torch.testing.assert_close(logvar_bm.T, logvar)
-    torch.testing.assert_close(m.decode_bm(mu.T.contiguous()).T, m.decode(mu))
+@pytest.mark.parametrize("kind,noise", [("gaussian", "unit"), ("mse", "unit"), ("gaussian", "residual")])
+def test_fast_path_deep_models_and_chunk_edges(sample_file, kind, noise):
+    """Two hidden layers, each reconstruction term, and pixel counts around the chunk size all follow the reference."""
+    from pipeline.detectors.vae_inference import SCORE_CHUNK
+
+    s = load_sample(sample_file)
+    settings = {**load_config()["train"], **FAST_TRAIN, "hidden": [24, 12], "reconstruction": kind, "noise": noise,
+                "epochs": 1}
+    det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    for n in (1, SCORE_CHUNK - 1, SCORE_CHUNK, 2 * SCORE_CHUNK + 3):
+        x = s.pixels[:n]
+        _assert_close_to_reference(det, x, det.score(x))
+        _assert_close_to_reference(det, x, det.score_bands(np.ascontiguousarray(x.T)))
+
+
+def test_fast_path_follows_new_weights(model_dir, sample_file):
+    """The fast path's cached plan is rebuilt when the weights or the residual covariance change."""
+    det = load_detector(model_dir)
+    x = load_sample(sample_file).pixels[:500]
+    before = det.score(x)["score"].copy()
+    with torch.no_grad():
+        det.module.mu.bias += 0.5
+    after = det.score(x)
+    _assert_close_to_reference(det, x, after)
+    assert not np.allclose(after["score"], before)
+    det.set_noise(None)
+    _assert_close_to_reference(det, x, det.score(x))
+
+
+
+def test_fast_path_is_thread_safe(model_dir, sample_file):
+    """Callers in several threads each get their own buffers: the same scores as one caller."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    det = load_detector(model_dir)
+    x = load_sample(sample_file).pixels
+    expected = det.score(x)["score"]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: det.score(x)["score"], range(8)))
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
