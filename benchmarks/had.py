@@ -8,6 +8,7 @@ ROC AUC and average precision, and the seconds each run took (ingest + train + s
 
     python benchmarks/had.py                      # the scenes in ../shared/data/had
     python benchmarks/had.py SCENES/ --seeds 5 --methods vae,rx
+    python benchmarks/had.py --methods vae --config my.yaml   # other model settings
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def metrics(scores: Path, truth: Path) -> dict[str, float]:
     return {"auc": m["roc_auc"], "ap": m["average_precision"]}
 
 
-def run(tile: Path, truth: Path, work: Path, method: str, seed: int) -> dict[str, float]:
-    """Ingest, train and score ``tile`` with the defaults (but ``method`` and ``seed``); metrics and seconds."""
-    config = load_config()
+def run(tile: Path, truth: Path, work: Path, method: str, seed: int,
+        config_path: Path | None = None) -> dict[str, float]:
+    """Ingest, train and score ``tile`` with the defaults, or the config at ``config_path`` (but ``method`` and
+    ``seed``); metrics and seconds."""
+    config = load_config(config_path)
     t0 = time.perf_counter()
     sample = ingest([tile], work / "sample.nc", max_pixels=config["ingest"]["max_pixels"],
                     seed=config["ingest"]["seed"])
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="VAE training seeds per scene (default 3)")
     ap.add_argument("--methods", default="vae,rx,lrx", help="comma-separated detectors (default vae,rx,lrx)")
     ap.add_argument("--work", type=Path, help="keep the GeoTIFFs, models and score rasters here")
+    ap.add_argument("--config", type=Path, help="an rsvae config file to use instead of the defaults (to compare "
+                                                "model settings)")
     args = ap.parse_args(argv)
     scenes = sorted(Path(args.folder).glob("*.mat"))
     if not scenes:
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             write_raster(truth_tif, truth[None], resampling="NEAREST")
             for method in methods:
                 seeds = range(args.seeds) if method == "vae" else [0]
-                runs = [run(tile, truth_tif, work, method, s) for s in seeds]
+                runs = [run(tile, truth_tif, work, method, s, args.config) for s in seeds]
                 auc = [r["auc"] for r in runs]
                 summary[method].append(float(np.mean(auc)))
                 rows.append(f"| {path.stem} | {data.shape[0]} | {method} | {fmt(auc)} | {fmt([r['ap'] for r in runs])} "

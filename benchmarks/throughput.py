@@ -7,11 +7,14 @@ Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF
 - training the default VAE on a 200 000-pixel sample of the scene: pixels seen per second, time to early stopping
   (with the config's threads, all cores, and with one thread);
 - reading every block: with one dataset handle (the targets' baseline) and with rsvae's threaded reader;
-- two I/O-only loops (read + write a 3-band float32 COG with rsvae's writer, no model): a plain sequential loop, and
-  rsvae's streaming scorer with a model that does nothing;
+- two I/O-only passes (read + write a 3-band float32 COG with rsvae's writer, no model): the plain loop the issue's
+  target 1b names (read a block, write a block, one thread), and rsvae's threaded streaming scorer with a model
+  that does nothing (a stricter baseline: it shows what the model's arithmetic costs on top of overlapped I/O);
 - ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster);
 - in-memory scoring of 1 M pixels through the Python API, and PyOD's VAE ``decision_function`` on the same pixels
-  (when pyod is installed: ``pip install rsvae[bench]``), both with one torch thread.
+  (when pyod is installed: ``pip install rsvae[bench]``), both with one torch thread and both with torch's default
+  (all cores): PyOD's VAE as it ships (its default network, the target's baseline) and with rsvae's network size
+  (a comparison of the code alone).
 
 Prints a markdown table and the pass/fail of the performance targets. Timings are noisy on shared machines: the
 ratios within one run are what count.
@@ -138,8 +141,12 @@ def stage_train(folder: str, n: int, bands: int, threads: int) -> dict:
     t = det.meta["training"]
     import torch
 
-    seen = t["n_train"] * t["epochs_run"]
-    return {"seconds": wall, "train_seconds": t["seconds"], "epochs": t["epochs_run"], "n_train": t["n_train"],
+    # pixels seen: every pass's training pixels times its epochs, over the seconds of the passes' epoch loops
+    # (steps and the per-epoch validation; not the residual covariance fits between passes)
+    passes = t["passes"]
+    seen = sum(p["n_train"] * p["epochs_run"] for p in passes)
+    return {"seconds": wall, "train_seconds": t["seconds"], "passes": len(passes), "seen": seen,
+            "epochs": "+".join(str(p["epochs_run"]) for p in passes), "n_train": t["n_train"],
             "mpx_s": seen / t["seconds"] / 1e6, "best_epoch": t["best_epoch"], "threads": torch.get_num_threads()}
 
 
@@ -194,13 +201,14 @@ def stage_io(raster: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "pixels": s.pixels, "finish": s.finish_seconds}
 
 
-def stage_api(model: str, n: int, bands: int, pyod: str = "yes", repeat: int = 2) -> dict:
-    """In-memory scoring of ``n`` pixels through the Python API, and PyOD's VAE on the same pixels, both with one
-    torch thread (two threads on two shared cores spin against other processes; the same for both). Each is
-    timed ``repeat`` times, interleaved; the fastest counts."""
+def stage_api(model: str, n: int, bands: int, pyod: str = "yes", repeat: int = 2, threads: int = 0) -> dict:
+    """In-memory scoring of ``n`` pixels through the Python API, and PyOD's VAE on the same pixels, both with
+    ``threads`` torch threads (0: torch's default, all cores, as a user of either library gets it). Each is timed
+    ``repeat`` times, interleaved; the fastest counts."""
     import torch
 
-    torch.set_num_threads(1)
+    if threads:
+        torch.set_num_threads(threads)
     from pipeline.detectors import load_detector
 
     scene = Scene(bands)
@@ -214,19 +222,31 @@ def stage_api(model: str, n: int, bands: int, pyod: str = "yes", repeat: int = 2
         except ImportError:
             PyodVAE = None
         if PyodVAE is not None:
-            torch.manual_seed(0)
-            model_pyod = PyodVAE(epoch_num=1, batch_size=256, encoder_neuron_list=[64], decoder_neuron_list=[64],
-                                 latent_dim=8, dropout_rate=0.0, verbose=0, device="cpu", random_state=0)
-            model_pyod.fit(scene.pixels(min(n, 20000), seed=3))
-            # PyOD at its better batch sizes (its default of 32 is many times slower)
-            contenders["pyod_seconds"] = lambda: min(_timed(functools.partial(model_pyod.decision_function, pixels,
-                                                                              batch_size=b)) for b in (1024, 8192))
+            arch = det.architecture
+            variants = {  # PyOD's VAE as it ships (its default network), and with rsvae's network size
+                "pyod_seconds": {},
+                "pyod_same_seconds": {"encoder_neuron_list": list(arch["hidden"]),
+                                      "decoder_neuron_list": list(reversed(arch["hidden"])),
+                                      "latent_dim": int(arch["latent"])},
+            }
+            train_pixels = scene.pixels(min(n, 20000), seed=3)
+            for key, network in variants.items():
+                torch.manual_seed(0)
+                model_pyod = PyodVAE(epoch_num=1, batch_size=256, verbose=0, device="cpu", random_state=0, **network)
+                model_pyod.fit(train_pixels)
+                # PyOD at its better batch sizes (its default of 32 is many times slower)
+                contenders[key] = functools.partial(_best_pyod, model_pyod, pixels)
     res: dict = {"pixels": n, "threads": torch.get_num_threads()}
     for _ in range(max(1, repeat)):
         for key, run in contenders.items():
             dt = run()
             res[key] = min(dt, res.get(key, dt))
     return res
+
+
+def _best_pyod(model, pixels: np.ndarray) -> float:
+    """Seconds of PyOD's ``decision_function`` on ``pixels`` at the faster of two large batch sizes."""
+    return min(_timed(functools.partial(model.decision_function, pixels, batch_size=b)) for b in (1024, 8192))
 
 
 def _timed(f) -> float:
@@ -393,30 +413,44 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
     rows.append((f"`rsvae score` on the {half}² raster", f"{mpx['score_half']:.2f}", "–", f"{rss['score_half']:.0f}"))
     rss, rss_s = rss["score"], rss["score_half"]
 
-    say("in-memory scoring ...")
-    api, _, api_rss = stage(launcher, "api", model, a.api_pixels, a.bands, "no" if a.no_pyod else "yes", a.repeat)
-    api_mpx = api["pixels"] / api["seconds"] / 1e6
-    rows.append((f"Python API `score` on {api['pixels']:,} in-memory pixels (1 torch thread)", f"{api_mpx:.2f}", "–",
-                 f"{api_rss:.0f}"))
-    if "pyod_seconds" in api:
-        rows.append(("PyOD VAE `decision_function` on the same pixels (1 torch thread, its better batch size)",
-                     f"{api['pixels'] / api['pyod_seconds'] / 1e6:.3f}", "–", "–"))
+    apis = {}
+    for threads in (1, 0):
+        say(f"in-memory scoring, {threads or 'all'} torch thread(s) ...")
+        apis[threads], _, rss_api = stage(launcher, "api", model, a.api_pixels, a.bands, "no" if a.no_pyod else "yes",
+                                          a.repeat, threads)
+        api = apis[threads]
+        label = f"{api['threads']} torch thread{'s' if api['threads'] > 1 else ''}"
+        rows.append((f"Python API `score` on {api['pixels']:,} in-memory pixels ({label})",
+                     f"{api['pixels'] / api['seconds'] / 1e6:.2f}", "–", f"{rss_api:.0f}"))
+        if "pyod_seconds" in api:
+            rows.append((f"PyOD VAE `decision_function` on the same pixels, its default network (64→128→64→32→2 "
+                         f"and back; {label}, its better batch size)",
+                         f"{api['pixels'] / api['pyod_seconds'] / 1e6:.3f}", "–", "–"))
+            rows.append((f"PyOD VAE `decision_function`, rsvae's network size ({label}, its better batch size)",
+                         f"{api['pixels'] / api['pyod_same_seconds'] / 1e6:.3f}", "–", "–"))
+    api, api1 = apis[0], apis[1]
     for t, rss_train in trainings:
         rows.append((f"training the default model, {t['threads']} torch thread{'s' if t['threads'] > 1 else ''} "
-                     f"({t['n_train']:,} pixels × {t['epochs']} epochs; {t['seconds']:.1f} s in all)",
+                     f"({t['passes']} passes, {t['epochs']} epochs: {t['seen'] / 1e6:.1f} M pixels seen in "
+                     f"{t['train_seconds']:.1f} s of epochs; {t['seconds']:.1f} s to the fitted model)",
                      f"{t['mpx_s']:.2f}", "–", f"{rss_train:.0f}"))
 
     checks.append(("1a. `rsvae score` ≥ 0.6 × reading", score_mpx >= TARGET_READ * read_mpx,
                    f"{score_mpx / read_mpx:.2f} × (× the 2-thread read: {score_mpx / read2_mpx:.2f})"))
-    checks.append(("1b. `rsvae score` ≥ 0.8 × the I/O-only loop (rsvae's streaming scorer, no model)",
-                   score_mpx >= TARGET_IO * io_mpx,
-                   f"{score_mpx / io_mpx:.2f} × (× the plain I/O loop: {score_mpx / plain_mpx:.2f})"))
+    checks.append(("1b. `rsvae score` ≥ 0.8 × the I/O-only loop (read a block, write a block, no model)",
+                   score_mpx >= TARGET_IO * plain_mpx,
+                   f"{score_mpx / plain_mpx:.2f} × (× rsvae's threaded streaming with a null model: "
+                   f"{score_mpx / io_mpx:.2f})"))
     checks.append(("2. peak RSS of `rsvae score` < 512 MiB, flat in raster size",
                    rss < TARGET_RSS_MIB and rss_s < TARGET_RSS_MIB and rss <= rss_s * 1.1 + 16,
                    f"{rss:.0f} MiB at {a.size}², {rss_s:.0f} MiB at {half}²"))
     if "pyod_seconds" in api:
-        checks.append(("3. API scoring ≥ 10 × PyOD's VAE", api["pyod_seconds"] >= TARGET_PYOD * api["seconds"],
-                       f"{api['pyod_seconds'] / api['seconds']:.1f} ×"))
+        checks.append(("3. API scoring ≥ 10 × PyOD's VAE (as it ships; both with torch's default threads)",
+                       api["pyod_seconds"] >= TARGET_PYOD * api["seconds"],
+                       f"{api['pyod_seconds'] / api['seconds']:.1f} × (PyOD with rsvae's network size: "
+                       f"{api['pyod_same_seconds'] / api['seconds']:.1f} ×; both on 1 thread: "
+                       f"{api1['pyod_seconds'] / api1['seconds']:.1f} × and "
+                       f"{api1['pyod_same_seconds'] / api1['seconds']:.1f} ×)"))
     else:
         checks.append(("3. API scoring ≥ 10 × PyOD's VAE", False, "not measured (pyod is not installed)"))
     best = max((t for t, _ in trainings), key=lambda t: t["mpx_s"])
