@@ -259,6 +259,18 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
             continue
 
 
+#: Live reader and writer threads of this process, with the event that stops each. A signal's exception can land
+#: at the very first instruction of a context manager's ``__exit__``, before it stops and joins its threads; the
+#: CLI then stops and joins whatever is left here (``stop_workers``) before the process exits.
+WORKERS: dict[threading.Thread, threading.Event] = {}
+
+
+def start_worker(thread: threading.Thread, stop: threading.Event) -> None:
+    """Start ``thread`` and register it (with its ``stop`` event) in WORKERS."""
+    WORKERS[thread] = stop
+    thread.start()
+
+
 def join_all(threads: Sequence[threading.Thread], stop: threading.Event) -> None:
     """Join ``threads`` even when a signal's exception lands during the join: a reader or writer thread must not
     outlive the datasets it uses (closing one under a running GDAL call crashes the process)."""
@@ -270,6 +282,19 @@ def join_all(threads: Sequence[threading.Thread], stop: threading.Event) -> None
         for t in threads:
             t.join()
         raise
+    finally:
+        for t in threads:
+            if not t.is_alive():
+                WORKERS.pop(t, None)
+
+
+def stop_workers() -> None:
+    """Stop and join every registered reader and writer thread (after an interrupt, before the process exits)."""
+    for stop in list(WORKERS.values()):
+        stop.set()
+    for t in list(WORKERS):
+        t.join()
+        WORKERS.pop(t, None)
 
 
 class BlockReader:
@@ -330,8 +355,8 @@ class BlockReader:
     def __enter__(self) -> BlockReader:
         for k in range(self.threads):
             t = threading.Thread(target=self._work, args=(k,), name=f"rsvae-reader-{k}", daemon=True)
-            t.start()
             self._workers.append(t)
+            start_worker(t, self._stop)
         return self
 
     def __iter__(self) -> Iterator[Block]:
@@ -400,7 +425,7 @@ class BlockWriter:
             raise self._error or OutputError("writer stopped") from None
 
     def __enter__(self) -> BlockWriter:
-        self._thread.start()
+        start_worker(self._thread, self._stop)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -568,6 +593,10 @@ class RasterWriter:
         self._tmp = _temp_path(self.path, ".tmp.tif")
         self._cog = _temp_path(self.path, ".cog.tif")
         self._ds = None
+        # Held by write and by close: a close (on an interrupt, from another thread than the writing one) waits
+        # for the write in flight and later writes are refused, so GDAL never closes a dataset under a write.
+        self._lock = threading.Lock()
+        self._closed = False
         TEMPORARIES.update((self._tmp, self._cog))
 
     def __enter__(self) -> RasterWriter:
@@ -595,27 +624,35 @@ class RasterWriter:
         return self
 
     def _abort(self) -> None:
-        if self._ds is not None:
-            with contextlib.suppress(Exception):
-                self._ds.close()
+        with self._lock:
+            self._closed = True
+            if self._ds is not None:
+                with contextlib.suppress(Exception):
+                    self._ds.close()
         self._cleanup()
 
     def write(self, array: np.ndarray, window: Window | None = None) -> None:
         """Write a (bands, rows, cols) block at ``window`` (the whole raster when None)."""
-        try:
-            self._ds.write(array, window=window)
-        except (OSError, *GDAL_ERRORS) as exc:
-            raise OutputError(f"{self.path}: write failed ({_gdal_message(exc)}){_disk_note(self.path.parent)}") from None
-        self.stats.update(array)
+        with self._lock:
+            if self._closed:
+                raise OutputError(f"{self.path}: write after the output was closed")
+            try:
+                self._ds.write(array, window=window)
+            except (OSError, *GDAL_ERRORS) as exc:
+                raise OutputError(f"{self.path}: write failed ({_gdal_message(exc)})"
+                                  f"{_disk_note(self.path.parent)}") from None
+            self.stats.update(array)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self._ds is not None:
-                if exc_type is None:
-                    for b in range(self._ds.count):
-                        if self.stats.tags(b):
-                            self._ds.update_tags(b + 1, **self.stats.tags(b))
-                self._ds.close()
+            with self._lock:
+                self._closed = True
+                if self._ds is not None:
+                    if exc_type is None:
+                        for b in range(self._ds.count):
+                            if self.stats.tags(b):
+                                self._ds.update_tags(b + 1, **self.stats.tags(b))
+                    self._ds.close()
             if exc_type is None:
                 self._finish()
         except (OSError, *GDAL_ERRORS) as err:

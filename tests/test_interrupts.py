@@ -215,9 +215,6 @@ SCORE_POINTS = {
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 @pytest.mark.parametrize("point", SCORE_POINTS)
 def test_score_interrupted_at_exact_points(point, sig, server, model_dir, demo, score_reference, tmp_path):
-    if point == "first block" and sig != signal.SIGKILL:
-        pytest.skip("known bug: SIGINT/SIGTERM raised from the writer thread's first GDAL write can crash the "
-                    "process at close (SIGSEGV, CPLDestroyMutex), intermittently; see docs/architecture.md")
     folder = tmp_path / "scores"
     folder.mkdir()
     out = folder / "t.tif"

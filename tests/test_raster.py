@@ -188,3 +188,48 @@ def test_writer_records_statistics_of_valid_values_and_overviews(tmp_path):
         with rasterio.open(out, overview_level=level) as ovr:
             assert ovr.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION") == "DEFLATE"
             assert ovr.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
+
+
+def test_closing_a_writer_waits_for_the_write_in_flight(tmp_path, monkeypatch):
+    """A signal can land at the first instruction of BlockWriter.__exit__, before it joins its thread; the
+    RasterWriter's close must then wait for the thread's write in flight (GDAL crashed closing under it) and refuse
+    later writes, and stop_workers joins the thread the __exit__ never reached."""
+    import threading
+    import time
+
+    from rasterio.windows import Window
+
+    from pipeline import raster
+    from pipeline.errors import OutputError
+    from pipeline.raster import BlockWriter
+
+    real_write = rasterio.io.DatasetWriter.write
+    entered, writes_done = threading.Event(), []
+
+    def slow_write(self, *args, **kwargs):
+        entered.set()
+        time.sleep(0.3)
+        real_write(self, *args, **kwargs)
+        writes_done.append(time.perf_counter())
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", slow_write)
+    out = tmp_path / "out.tif"
+    from rasterio.transform import from_origin
+
+    writer = RasterWriter(out, width=8, height=8, count=1, dtype="float32", crs="EPSG:32632",
+                          transform=from_origin(500000, 5000000, 30, 30)).__enter__()
+    sink = BlockWriter([writer]).__enter__()  # entered, but its __exit__ never runs (as when a signal hits it)
+    for r in range(0, 8, 4):
+        sink.write(Window(0, r, 8, 4), np.ones((1, 4, 8), np.float32))
+    assert entered.wait(5)
+    writer.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)  # the ExitStack goes on to close the output
+    closed_at = time.perf_counter()
+    # the close waited for the write in flight (and any that won the lock before it): none ends after it
+    assert writes_done and all(t <= closed_at for t in writes_done)
+    raster.stop_workers()
+    assert not sink._thread.is_alive() and not raster.WORKERS
+    # the queued block was dropped (stopped) or refused (closed), never written to the closed dataset
+    assert sink._error is None or "after the output was closed" in str(sink._error)
+    with pytest.raises(OutputError, match="after the output was closed"):
+        writer.write(np.ones((1, 4, 8), np.float32), Window(0, 0, 8, 4))
+    assert all(t <= closed_at for t in writes_done) and not out.exists() and list(tmp_path.iterdir()) == []
