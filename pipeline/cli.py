@@ -453,17 +453,20 @@ def features(model: str, tile: str, output: str, config_path: str | None, quiet:
 @click.option("--sample", "sample_path", type=click.Path(dir_okay=False),
               help="Sample file with the real spectra for --plot.  [default: the one the model was trained on]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Scale of the prior draws: below 1 stays nearer typical spectra (fewer from the tails).")
 @common
 def generate(model: str, count: int, output: str, plot: str | None, sample_path: str | None, seed: int,
-             config_path: str | None, quiet: bool) -> None:
+             temperature: float, config_path: str | None, quiet: bool) -> None:
     """Generate spectra from a VAE MODEL: decode draws of the prior N(0, I) into spectra in the input's units.
 
     The plot shows what the model believes normal ground looks like, beside the real training spectra's mean
     and spread per band, so you can see whether it learned the data.
 
     \b
-    Example:
+    Examples:
       rsvae generate work/model -n 50 -o work/generated.csv --plot work/generated.png
+      rsvae generate work/model -n 50 --temperature 0.5 -o work/typical.csv
     """
     from pipeline import generative as gen
     from pipeline.detectors import load_detector
@@ -471,7 +474,7 @@ def generate(model: str, count: int, output: str, plot: str | None, sample_path:
     det = gen.require_vae(load_detector(model), "rsvae generate")
     if plot:
         gen.plot_format(plot)  # fail before writing anything
-    spectra = gen.sample(det, count, seed)
+    spectra = gen.sample(det, count, seed, temperature)
     gen.write_spectra_csv(output, gen.spectrum_columns(det), spectra, {"sample": range(count)})
     msg = f"wrote {output}: {count} spectra of {det.bands} bands"
     if plot:

@@ -89,13 +89,17 @@ def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: in
 
 # --------------------------------------------------------------------------------------------- sampling
 
-def sample(detector: Detector, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` spectra (n, bands) in input units, decoded from seeded draws of the prior N(0, I)."""
+def sample(detector: Detector, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+    """``n`` spectra (n, bands) in input units, decoded from seeded draws of the prior N(0, I), scaled by
+    ``temperature`` (below 1: closer to the typical spectrum and fewer draws from the prior's tails; 0: the
+    decoded origin, n times; the same seed gives the same directions at every temperature)."""
     vae = require_vae(detector, "generating spectra")
     if n < 1:
         raise InputError(f"the number of spectra to generate must be at least 1, not {n}")
+    if not (temperature >= 0 and np.isfinite(temperature)):
+        raise InputError(f"the temperature must be a finite number ≥ 0, not {temperature}")
     z = np.random.default_rng(seed).standard_normal((n, int(vae.architecture["latent"])))
-    return vae.decode(z)
+    return vae.decode(z * temperature)
 
 
 # --------------------------------------------------------------------------------------------- interpolation

@@ -117,6 +117,22 @@ def test_generated_spectra_look_like_the_training_data(vae, sample_file):
     assert (np.abs(spectra.mean(0) - real.mean(0)) < 0.5 * real.std(0)).all()
 
 
+def test_temperature_scales_the_prior_draws(vae, model_dir, tmp_path):
+    """Temperature 0 decodes the origin every time; lower temperatures spread less around it; bad values refused."""
+    origin = vae.decode(np.zeros((1, vae.architecture["latent"])))
+    np.testing.assert_allclose(gen.sample(vae, 5, seed=3, temperature=0.0), np.repeat(origin, 5, axis=0))
+    spread = [np.abs(gen.sample(vae, 400, seed=3, temperature=t) - origin).mean() for t in (0.25, 0.5, 1.0, 2.0)]
+    assert spread == sorted(spread) and spread[0] < 0.5 * spread[2]
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="temperature"):
+            gen.sample(vae, 4, temperature=bad)
+    out = tmp_path / "g.csv"
+    run("generate", model_dir, "-n", 3, "--temperature", 0, "-o", out)
+    rows = np.loadtxt(out, delimiter=",", skiprows=1)[:, 1:]
+    np.testing.assert_allclose(rows, np.repeat(origin, 3, axis=0), rtol=1e-5)
+    assert "Invalid value for '--temperature'" in run("generate", model_dir, "--temperature", -1, "-o", out, code=2)
+
+
 def test_sampling_is_seeded(vae):
     a, b, c = gen.sample(vae, 8, seed=1), gen.sample(vae, 8, seed=1), gen.sample(vae, 8, seed=2)
     np.testing.assert_array_equal(a, b)
