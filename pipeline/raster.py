@@ -560,7 +560,9 @@ class RasterWriter:
     output's folder while it lives. Each window must be written once (statistics count what is written).
     Used as a context manager: on an exception nothing appears at ``path`` and the temporaries are removed;
     an earlier file at ``path`` stays untouched until the new one is complete. ``finish_seconds`` is the time the
-    final COG step took.
+    final COG step took. With ``hold=True`` the finished COG waits beside ``path`` until ``commit()`` renames it
+    into place (or ``discard()`` removes it): ``commit_together`` puts several outputs in place back to back,
+    once all of them are complete.
     """
 
     def __init__(
@@ -578,6 +580,7 @@ class RasterWriter:
         band_tags: Sequence[dict[str, Any]] | None = None,
         tags: dict[str, Any] | None = None,
         resampling: str = "AVERAGE",
+        hold: bool = False,
     ):
         self.path = Path(path)
         self.profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
@@ -597,6 +600,8 @@ class RasterWriter:
         # for the write in flight and later writes are refused, so GDAL never closes a dataset under a write.
         self._lock = threading.Lock()
         self._closed = False
+        self.hold = hold
+        self._held = False  # a finished COG waits at self._cog for commit()
         TEMPORARIES.update((self._tmp, self._cog))
 
     def __enter__(self) -> RasterWriter:
@@ -660,7 +665,7 @@ class RasterWriter:
             self._cleanup()
             raise OutputError(f"{self.path}: write failed ({_gdal_message(err)}){note}") from None
         finally:
-            self._cleanup()
+            remove_temporaries((self._tmp,) if self._held else (self._tmp, self._cog))
 
     def _finish(self) -> None:
         t0 = time.perf_counter()
@@ -676,11 +681,42 @@ class RasterWriter:
                     ds.build_overviews(factors, Resampling[self.resampling.lower()])
             rasterio.shutil.copy(self._tmp, self._cog, driver="COG", **dict(COG_OPTIONS, RESAMPLING=self.resampling))
             check_complete(self._cog)
-        os.replace(self._cog, self.path)
         self.finish_seconds = time.perf_counter() - t0
+        if self.hold:
+            self._held = True
+        else:
+            os.replace(self._cog, self.path)
+
+    def commit(self) -> None:
+        """Rename a held, finished COG into place (``hold=True``)."""
+        if not self._held:
+            raise RuntimeError(f"{self.path}: nothing finished to commit")
+        os.replace(self._cog, self.path)
+        self._held = False
+        TEMPORARIES.discard(self._cog)
+
+    def discard(self) -> None:
+        """Remove a held COG that will not be committed (the previous file at ``path`` stays)."""
+        self._held = False
+        self._cleanup()
 
     def _cleanup(self) -> None:
         remove_temporaries((self._tmp, self._cog))
+
+
+def commit_together(writers: Sequence[RasterWriter]) -> None:
+    """Rename the held COGs of ``writers`` into place back to back, once every one is finished (outputs that belong
+    together, e.g. scores and their mask, are replaced within microseconds of each other, not a COG step apart).
+    If one cannot be committed, those not yet renamed are removed and the error is raised."""
+    done = 0
+    try:
+        for w in writers:
+            w.commit()
+            done += 1
+    except BaseException:
+        for w in writers[done:]:
+            w.discard()
+        raise
 
 
 #: Temporary files of this process's writers not yet removed or renamed into place. The CLI removes what is

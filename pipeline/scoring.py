@@ -22,6 +22,8 @@ from pipeline.raster import (
     Block,
     BlockReader,
     BlockWriter,
+    RasterWriter,
+    commit_together,
     info_of,
     iter_windows,
     open_raster,
@@ -101,34 +103,42 @@ def score_raster(
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
             "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
     valid_total = flagged = 0
-    with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
-                                                   descriptions=list(detector.outputs), tags=tags))]
-        if mask_out is not None:
-            writers.append(stack.enter_context(writer_like(
-                info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
-                tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold))))
-        margin = int(getattr(detector, "halo", 0) or 0)
-        blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
-                                                 threads=readers))
-        sink = stack.enter_context(BlockWriter(writers))
-        for block in blocks:
-            scores, valid = score_block(detector, block, nodata, options)
-            n = int(valid.sum())
-            if mask_out is None:
-                sink.write(block.window, scores)
-            else:
-                m = np.full(valid.shape, MASK_NODATA, np.uint8)
-                if n:
-                    m[valid] = scores[0][valid] > threshold
-                    flagged += int(np.count_nonzero(m == 1))
-                sink.write(block.window, scores, m[None])
-            valid_total += n
-            if progress:
-                progress(int(block.window.width * block.window.height))
-        if valid_total == 0:
-            warnings.warn(f"{tile}: no valid pixel (all nodata, NaN or masked); the output is all nodata",
-                          RsvaeWarning, stacklevel=2)
+    writers: list[RasterWriter] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            # held: the score raster and its mask are renamed into place together, once both are complete
+            writers.append(stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
+                                                       descriptions=list(detector.outputs), tags=tags, hold=True)))
+            if mask_out is not None:
+                writers.append(stack.enter_context(writer_like(
+                    info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
+                    tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
+            margin = int(getattr(detector, "halo", 0) or 0)
+            blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
+                                                     threads=readers))
+            sink = stack.enter_context(BlockWriter(writers))
+            for block in blocks:
+                scores, valid = score_block(detector, block, nodata, options)
+                n = int(valid.sum())
+                if mask_out is None:
+                    sink.write(block.window, scores)
+                else:
+                    m = np.full(valid.shape, MASK_NODATA, np.uint8)
+                    if n:
+                        m[valid] = scores[0][valid] > threshold
+                        flagged += int(np.count_nonzero(m == 1))
+                    sink.write(block.window, scores, m[None])
+                valid_total += n
+                if progress:
+                    progress(int(block.window.width * block.window.height))
+            if valid_total == 0:
+                warnings.warn(f"{tile}: no valid pixel (all nodata, NaN or masked); the output is all nodata",
+                              RsvaeWarning, stacklevel=2)
+    except BaseException:
+        for w in writers:  # a writer that finished before another failed holds a complete COG: not wanted now
+            w.discard()
+        raise
+    commit_together(writers)
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
                         threshold, flagged if mask_out is not None else None,
                         finish_seconds=sum(w.finish_seconds for w in writers))

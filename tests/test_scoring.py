@@ -153,3 +153,54 @@ def test_posterior_samples_are_seeded(model_dir, demo, tmp_path):
     assert np.array_equal(outs[0], outs[1])  # same seed, same draws
     np.testing.assert_allclose(outs[0][2], outs[2][2], rtol=1e-4, atol=1e-4)  # the KL term does not sample
     assert not np.array_equal(outs[0][1], outs[2][1])  # the reconstruction term does
+
+
+def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, demo, tmp_path, monkeypatch):
+    """Both COGs are finished before either is renamed into place, and the two renames follow each other."""
+    import os
+
+    import rasterio.shutil
+
+    from pipeline import raster
+
+    events: list[str] = []
+    real_copy, real_replace = rasterio.shutil.copy, os.replace
+
+    def copy(src, dst, **kw):
+        real_copy(src, dst, **kw)
+        events.append("cog")
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(f"rename {os.path.basename(dst)}")
+
+    monkeypatch.setattr(raster.rasterio.shutil, "copy", copy)
+    monkeypatch.setattr(raster.os, "replace", replace)
+    det = load_detector(model_dir)
+    score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
+    assert events == ["cog", "cog", "rename s.tif", "rename m.tif"]
+
+
+def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_path, monkeypatch):
+    """When the score raster cannot be finished (its mask already is), neither output is replaced and no temporary
+    is left: a new mask never lands beside the previous scores."""
+    from pipeline import raster
+    from pipeline.errors import OutputError
+
+    det = load_detector(model_dir)
+    (tmp_path / "s.tif").write_bytes(b"previous scores")
+    (tmp_path / "m.tif").write_bytes(b"previous mask")
+    real_check = raster.check_complete
+
+    def check(path):
+        name = str(path).rsplit("/", 1)[-1]
+        if name.startswith(".s.tif.") and name.endswith(".cog.tif"):  # the score raster's finished COG
+            raise OutputError(f"{path}: simulated failure")
+        real_check(path)
+
+    monkeypatch.setattr(raster, "check_complete", check)
+    with pytest.raises(OutputError, match="simulated"):
+        score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
+    assert (tmp_path / "s.tif").read_bytes() == b"previous scores"
+    assert (tmp_path / "m.tif").read_bytes() == b"previous mask"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "s.tif"]
