@@ -1,8 +1,12 @@
-"""Atomic writes of small files (JSON, CSV, PNG): a temporary beside the target, renamed into place when complete."""
+"""Atomic writes of small files (JSON, CSV, PNG): a temporary beside the target, renamed into place when complete;
+and an atomic swap of two paths (for model folders) where the system has one."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -27,3 +31,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: renameat2 flag and "relative to the working directory" (linux/fs.h, fcntl.h)
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+#: errors meaning "this kernel or filesystem cannot exchange": the caller falls back to two renames
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+@functools.cache
+def _renameat2() -> ctypes._CFuncPtr | None:
+    """libc's renameat2 (glibc 2.28+), or None where there is none (macOS, musl before 1.2.x)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    True when swapped; False where this system or filesystem cannot (nothing changed: the caller renames in two
+    steps instead). Other failures raise OSError.
+    """
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -268,7 +268,9 @@ def test_train_killed_mid_training(sig, server, sample_file, train_reference, tm
 SAVE_POINTS = {
     # where, in the model folder swap, the process is hit
     "weights written": {"target": "pipeline.detectors.base.save_file", "call": 1, "when": "after"},
-    "between the renames": {"target": "os.rename", "call": 2, "when": "before"},
+    # the earlier model and the new one swap places in one step (renameat2 RENAME_EXCHANGE)
+    "before the swap": {"target": "pipeline.detectors.base.exchange", "call": 1, "when": "before"},
+    "after the swap": {"target": "pipeline.detectors.base.exchange", "call": 1, "when": "after"},
 }
 
 
@@ -284,16 +286,15 @@ def test_train_killed_while_saving(point, sig, server, sample_file, train_refere
     check_interrupted(server.wait(child), sig, child)
     earlier = {k: v for k, v in before.items() if k.startswith("model")}
     now = {k: v for k, v in snapshot(folder).items() if k.startswith("model")}
-    if sig == signal.SIGTERM:
-        assert snapshot(folder) == before  # the earlier model is back in place and the temporaries are gone
-    elif point == "between the renames":
-        # SIGKILL between moving the earlier model aside and moving the new one in: no model at the path
-        # (never a partial one), and the earlier one complete under a hidden name beside it
-        assert now == {}
-        (aside,) = [p for p in hidden(folder) if p.name.endswith(".old")]
-        assert snapshot(aside) == {k[len("model/"):]: v for k, v in earlier.items() if k != "model"}
+    if point == "after the swap":
+        # the new model was complete and in place before the signal: it stays, the path never lacked a model
+        assert weights(out) == weights(train_reference["model"])
+        if sig == signal.SIGTERM:
+            assert not hidden(folder)  # the earlier model, swapped out, was removed
+    elif sig == signal.SIGTERM:
+        assert snapshot(folder) == before  # the earlier model is in place and the temporaries are gone
     else:
-        assert now == earlier
+        assert now == earlier  # SIGKILL before the swap: the earlier model, whole, at the path
     child = server.start("train", sample_file, "-o", out, "--epochs", "3", *TRAIN, cwd=tmp_path)
     assert server.wait(child) == 0, child.stderr.read_text()
     assert weights(out) == weights(train_reference["model"])

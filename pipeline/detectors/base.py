@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import __version__
 from pipeline.errors import InputError, ModelError, OutputError
+from pipeline.files import exchange
 from pipeline.raster import make_parent
 
 MODEL_FORMAT = "rsvae-model/1"
@@ -148,8 +149,15 @@ def write_model_folder(folder: str | Path, meta: dict[str, Any], tensors: dict[s
         _write_synced(tmp / META, text.encode())
         _fsync(tmp / WEIGHTS)
         if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
+            # one atomic swap where the system has it (the path always holds a complete model, even after a
+            # SIGKILL); else the earlier model goes aside and the new one in, two renames
+            if exchange(tmp, folder):
+                tmp, old = old, tmp  # the earlier model now sits at the temporary name: removed below
+            else:
+                os.rename(folder, old)
+                os.rename(tmp, folder)
+        else:
+            os.rename(tmp, folder)
     except (OSError, SafetensorError) as exc:
         raise OutputError(f"{folder}: cannot write model ({getattr(exc, 'strerror', None) or exc})") from None
     finally:
