@@ -691,7 +691,10 @@ class RasterWriter:
         """Rename a held, finished COG into place (``hold=True``)."""
         if not self._held:
             raise RuntimeError(f"{self.path}: nothing finished to commit")
-        os.replace(self._cog, self.path)
+        try:
+            os.replace(self._cog, self.path)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot put the output in place ({exc.strerror or exc})") from None
         self._held = False
         TEMPORARIES.discard(self._cog)
 

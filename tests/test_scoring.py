@@ -204,3 +204,24 @@ def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_pat
     assert (tmp_path / "s.tif").read_bytes() == b"previous scores"
     assert (tmp_path / "m.tif").read_bytes() == b"previous mask"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "s.tif"]
+
+
+def test_a_failed_rename_is_one_error_and_leaves_nothing(model_dir, demo, tmp_path, monkeypatch):
+    """If the second output cannot be renamed into place, the error names it and no temporary stays behind."""
+    import os
+
+    from pipeline import raster
+    from pipeline.errors import OutputError
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("m.tif"):
+            raise PermissionError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(raster.os, "replace", replace)
+    with pytest.raises(OutputError, match=r"m\.tif: cannot put the output in place \(Permission denied\)"):
+        score_raster(load_detector(model_dir), demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif",
+                     fpr=0.01)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
