@@ -5,7 +5,7 @@ Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF
 (start-up included, as a user sees it), with its own peak RSS:
 
 - training the default VAE on a 200 000-pixel sample of the scene: pixels seen per second, time to early stopping
-  (with the config's threads, all cores, and with one thread);
+  (with the thread counts of ``--train-threads``, under the CLI's passive OpenMP wait policy);
 - reading every block: with one dataset handle (the targets' baseline) and with rsvae's threaded reader;
 - two I/O-only passes (read + write a 3-band float32 COG with rsvae's writer, no model): the plain loop the issue's
   target 1b names (read a block, write a block, one thread), and rsvae's threaded streaming scorer with a model
@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.stage:
+        if a.stage == "train":  # as `rsvae train` runs it: the CLI sets this before torch loads OpenMP
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         print(json.dumps(STAGES[a.stage](*[int(x) if x.isdigit() else x for x in a.rest])))
         return 0
 
