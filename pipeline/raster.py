@@ -628,12 +628,21 @@ class RasterWriter:
             raise
         return self
 
-    def _abort(self) -> None:
+    def _close(self, complete: bool) -> None:
+        """Close the dataset (with the band statistics when ``complete``); the lock makes a close from another
+        thread wait for the write in flight, and ``_closed`` refuses later writes."""
         with self._lock:
             self._closed = True
             if self._ds is not None:
-                with contextlib.suppress(Exception):
-                    self._ds.close()
+                if complete:
+                    for b in range(self._ds.count):
+                        if self.stats.tags(b):
+                            self._ds.update_tags(b + 1, **self.stats.tags(b))
+                self._ds.close()
+
+    def _abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close(complete=False)
         self._cleanup()
 
     def write(self, array: np.ndarray, window: Window | None = None) -> None:
@@ -650,14 +659,7 @@ class RasterWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            with self._lock:
-                self._closed = True
-                if self._ds is not None:
-                    if exc_type is None:
-                        for b in range(self._ds.count):
-                            if self.stats.tags(b):
-                                self._ds.update_tags(b + 1, **self.stats.tags(b))
-                    self._ds.close()
+            self._close(complete=exc_type is None)
             if exc_type is None:
                 self._finish()
         except (OSError, *GDAL_ERRORS) as err:

@@ -360,16 +360,6 @@ class VAEDetector(Detector):
             self._plans[band_major] = ChunkScorer(self, band_major)
         return self._plans[band_major]
 
-    def _normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Offset and 1/scale as (bands, 1) float32 tensors on the model's device, for band-major normalisation."""
-        key = (self.device, self.offset.tobytes(), self.scale.tobytes())
-        if getattr(self, "_normaliser_key", None) != key:
-            self._normaliser_cache = (
-                torch.as_tensor(self.offset.astype(np.float32)[:, None], device=self.device),
-                torch.as_tensor((1.0 / self.scale).astype(np.float32)[:, None], device=self.device))
-            self._normaliser_key = key
-        return self._normaliser_cache
-
     def score_terms(self, x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor,
                     logvar: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-pixel score maths of the reference path: normalised pixels ``x`` and their reconstruction

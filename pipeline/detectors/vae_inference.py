@@ -57,8 +57,11 @@ class ChunkScorer:
                 self.whiten = whiten.T.contiguous() if band_major else whiten.contiguous()
             self.encoder, self.decoder = self._oriented(self.encoder), self._oriented(self.decoder)
             self.ml = self._oriented([(*self.ml, None)])[0]
-        offset, inv_scale = det._normaliser()  # (bands, 1)
-        self.offset, self.inv_scale = (offset, inv_scale) if band_major else (offset.T, inv_scale.T)
+        # float32 normalisation on the fly, broadcast along the pixel axis: (bands, 1) or (1, bands)
+        shape = (-1, 1) if band_major else (1, -1)
+        self.offset, self.inv_scale = (
+            torch.as_tensor(a.astype(np.float32).reshape(shape), device=self.device)
+            for a in (det.offset, 1.0 / det.scale))
         self._local = threading.local()  # buffers per thread: callers in several threads never share one
 
     def _oriented(self, layers: list[Layer]) -> list[Layer]:
