@@ -293,7 +293,13 @@ def stop_workers() -> None:
     for stop in list(WORKERS.values()):
         stop.set()
     for t in list(WORKERS):
-        t.join()
+        # A signal can land inside the thread's start(): before the thread exists (it never runs) or while start()
+        # waits for it to come up (it runs shortly, sees its stop event and ends).
+        deadline = time.monotonic() + 1.0
+        while not t.is_alive() and t.ident is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if t.ident is not None:
+            t.join()
         WORKERS.pop(t, None)
 
 

@@ -233,3 +233,19 @@ def test_closing_a_writer_waits_for_the_write_in_flight(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="after the output was closed"):
         writer.write(np.ones((1, 4, 8), np.float32), Window(0, 0, 8, 4))
     assert all(t <= closed_at for t in writes_done) and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_stop_workers_skips_a_thread_whose_start_was_interrupted():
+    """A signal landing at the first instruction of Thread.start() leaves a registered thread that never ran."""
+    import threading
+
+    from pipeline import raster
+
+    never = threading.Thread(target=lambda: None)
+    raster.WORKERS[never] = threading.Event()  # registered, as start_worker does first, but never started
+    ran = threading.Event()
+    stop = threading.Event()
+    started = threading.Thread(target=lambda: (ran.set(), stop.wait(5)))
+    raster.start_worker(started, stop)
+    raster.stop_workers()
+    assert ran.is_set() and not started.is_alive() and not raster.WORKERS
