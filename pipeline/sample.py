@@ -24,7 +24,15 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.errors import InputError, OutputError
-from pipeline.raster import WindowReader, info_of, iter_windows, make_parent, open_raster
+from pipeline.raster import (
+    WindowReader,
+    file_name,
+    info_of,
+    is_dataset_name,
+    iter_windows,
+    make_parent,
+    open_raster,
+)
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 
@@ -96,11 +104,17 @@ class Sample:
 
 def _tile_rng(seed: int, path: str | Path) -> np.random.Generator:
     """A generator seeded by the run's seed and the tile's file name, so results do not depend on tile order."""
-    return np.random.default_rng([seed, zlib.crc32(Path(path).name.encode())])
+    return np.random.default_rng([seed, zlib.crc32(file_name(path).encode())])
 
 
 def quick_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """A cheap fingerprint of a file: sha256 of its size, first and last MiB (a full hash of TBs is too slow)."""
+    """A cheap fingerprint of a file: sha256 of its size, first and last MiB (a full hash of TBs is too slow).
+
+    A GDAL dataset name (URL, /vsi path, subdataset) is fingerprinted by the name itself: reading a remote
+    file's ends for it would cost two requests and say little more.
+    """
+    if is_dataset_name(path):
+        return "sha256-name:" + hashlib.sha256(os.fspath(path).encode()).hexdigest()[:32]
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
@@ -147,10 +161,10 @@ def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
         raise InputError(f"{path}: pixel values overflow float32")
     return _dataset(
         pix[order], info.band_names, info.wavelengths, stats,
-        tile=np.full(order.size, Path(path).name, dtype=object), row=rows[order], col=cols[order],
+        tile=np.full(order.size, file_name(path), dtype=object), row=rows[order], col=cols[order],
         key=keys[order],
         attrs={"partial": 1, "available": int(order.size), "seed": seed, "max_pixels": max_pixels, "crs": info.crs.to_wkt() if info.crs else "",
-               "sources": json.dumps([{"path": str(path), "name": Path(path).name, "digest": quick_digest(path),
+               "sources": json.dumps([{"path": str(path), "name": file_name(path), "digest": quick_digest(path),
                                        "valid_pixels": int(stats.count[0])}])},
     )
 

@@ -8,6 +8,7 @@ Invalid pixels (nodata, NaN, masked in any band) are never scored: they are noda
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 import warnings
 from collections.abc import Callable
@@ -24,10 +25,12 @@ from pipeline.raster import (
     BlockWriter,
     RasterWriter,
     commit_together,
+    file_name,
     info_of,
     iter_windows,
     open_raster,
     output_nodata,
+    tile_name,
     writer_like,
 )
 
@@ -62,8 +65,11 @@ def check_crs(detector: Detector, info, tile: str | Path) -> None:
         from rasterio.crs import CRS
 
         if CRS.from_wkt(trained) != info.crs:
+            model = getattr(detector, "origin", {}).get("path") or "MODEL"
+            fix = f"rsvae stack {shlex.quote(str(tile))} --like {shlex.quote(model)} -o {tile_name(tile)}_like_model.vrt"
             raise InputError(f"{tile}: CRS {info.crs.to_string()} differs from the training tiles' "
-                             f"{CRS.from_wkt(trained).to_string()}; reproject it first")
+                             f"{CRS.from_wkt(trained).to_string()}; put it on the model's CRS (warped on the fly, "
+                             f"no pixels copied) with: {fix}")
 
 
 def score_raster(
@@ -101,7 +107,7 @@ def score_raster(
     nodata = output_nodata(info)
     origin = getattr(detector, "origin", {})
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
-            "rsvae_detector": detector.kind, "rsvae_input": Path(tile).name}
+            "rsvae_detector": detector.kind, "rsvae_input": file_name(tile)}
     valid_total = flagged = 0
     writers: list[RasterWriter] = []
     try:

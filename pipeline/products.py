@@ -1,0 +1,186 @@
+"""Sensor product folders recognised from file names alone (offline): which files hold which bands, each band's
+centre wavelength, the default bands, and the product's quality layer with the values or bits that mark a pixel
+unusable (clouds, their shadows, no data).
+
+Sentinel-2 L2A (a ``.SAFE`` folder, or any folder of ``*_B02*.jp2|tif`` band files such as a BigEarthNet patch) and
+Landsat 4-9 Collection 2 (Level-2 ``*_SR_B*.TIF`` or Level-1 style ``*_B1.TIF`` band files, ``*_QA_PIXEL.TIF``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+#: Sentinel-2 MSI centre wavelengths in nm (S2A; S2B differs by a few nm).
+S2_WAVELENGTHS = {"B01": 443, "B02": 490, "B03": 560, "B04": 665, "B05": 705, "B06": 740, "B07": 783,
+                  "B08": 842, "B8A": 865, "B09": 945, "B10": 1375, "B11": 1610, "B12": 2190}
+#: Reflective bands at 10 and 20 m: without aerosol (B01), water vapour (B09) and cirrus (B10).
+S2_DEFAULT = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+#: Scene classification (SCL) classes that are no usable ground: no data, saturated or defective, cloud shadow,
+#: cloud medium and high probability, thin cirrus.
+S2_SCL_INVALID = (0, 1, 3, 8, 9, 10)
+
+#: Landsat 8/9 OLI centre wavelengths in nm (B8 panchromatic, B9 cirrus, B10/B11 thermal).
+OLI_WAVELENGTHS = {"B1": 443, "B2": 482, "B3": 561, "B4": 655, "B5": 865, "B6": 1609, "B7": 2201, "B8": 590,
+                   "B9": 1373, "B10": 10895, "B11": 12005}
+OLI_DEFAULT = ("B2", "B3", "B4", "B5", "B6", "B7")
+#: Landsat 4-7 TM/ETM+ centre wavelengths in nm (B6 thermal, B8 panchromatic on Landsat 7).
+TM_WAVELENGTHS = {"B1": 485, "B2": 560, "B3": 660, "B4": 835, "B5": 1650, "B6": 11450, "B7": 2220, "B8": 710}
+TM_DEFAULT = ("B1", "B2", "B3", "B4", "B5", "B7")
+#: QA_PIXEL bits that make a pixel unusable: fill, dilated cloud, cirrus, cloud, cloud shadow.
+LANDSAT_QA_BITS = (0, 1, 2, 3, 4)
+
+_RASTER = r"\.(jp2|tif|tiff)$"
+_S2_BAND = re.compile(r"_(B0[1-9]|B1[0-2]|B8A)(?:_(\d+)m)?" + _RASTER, re.I)
+_S2_SCL = re.compile(r"_SCL(?:_(\d+)m)?" + _RASTER, re.I)
+_LANDSAT = re.compile(r"^L([CEOT])0?([4-9])_")
+_LS_BAND = re.compile(r"_(SR_)?(B\d{1,2})" + _RASTER, re.I)
+_LS_QA = re.compile(r"_QA_PIXEL" + _RASTER, re.I)
+
+
+@dataclass(frozen=True)
+class Band:
+    """One band file of a product: its sensor name (the stack's band description) and centre wavelength."""
+
+    name: str
+    path: Path
+    wavelength: float
+
+
+@dataclass(frozen=True)
+class QualityLayer:
+    """A product's quality layer and what in it marks a pixel unusable: class ``values`` or bit flags ``bits``."""
+
+    path: Path
+    values: tuple[int, ...] = ()
+    bits: tuple[int, ...] = ()
+
+    @property
+    def rule(self) -> str:
+        """The rule in words, for messages."""
+        return (f"values {','.join(map(str, self.values))}" if self.values
+                else f"bits {','.join(map(str, self.bits))}")
+
+
+@dataclass(frozen=True)
+class Product:
+    """A recognised product folder: its sensor, every band file by name, the default bands, the quality layer."""
+
+    folder: Path
+    sensor: str
+    bands: dict[str, Band]
+    default: tuple[str, ...]
+    quality: QualityLayer | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def select(self, names: Sequence[str] | None = None) -> list[Band]:
+        """The chosen bands in the order given (default: the reflective ones in wavelength order)."""
+        wanted = list(names) if names else [b for b in self.default if b in self.bands]
+        out = []
+        for name in wanted:
+            key = self._key(name)
+            if key is None:
+                raise InputError(f"{self.folder}: {self.sensor} product has no band {name!r} "
+                                 f"(it has {', '.join(sorted(self.bands, key=lambda b: self.bands[b].wavelength))})")
+            out.append(self.bands[key])
+        if not out:
+            raise InputError(f"{self.folder}: none of the default {self.sensor} bands are there; choose with --bands")
+        return out
+
+    def _key(self, name: str) -> str | None:
+        """The product's band key for a user's band name (case-insensitive; B2 = B02, SR_B2 = B2)."""
+        wanted = _normal(name)
+        return next((key for key in self.bands if _normal(key) == wanted), None)
+
+
+def _normal(name: str) -> str:
+    """A band name in one spelling: upper case, no ``SR_``, no leading zero (``sr_b02`` -> ``B2``)."""
+    n = name.strip().upper().removeprefix("SR_")
+    m = re.fullmatch(r"B0*(\d+|8A)", n)
+    return f"B{m.group(1)}" if m else n
+
+
+def _files(folder: Path) -> list[Path]:
+    """Raster files under ``folder`` (any depth: a .SAFE keeps them in GRANULE/*/IMG_DATA/R10m ...), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and re.search(_RASTER, p.name, re.I))
+
+
+def _resolution(match: re.Match, path: Path) -> int:
+    """A band file's resolution in m from its name (``_10m``) or folder (``R10m``); 0 when neither says."""
+    if match.group(match.lastindex) and match.group(match.lastindex).isdigit():
+        return int(match.group(match.lastindex))
+    m = re.fullmatch(r"R(\d+)m", path.parent.name)
+    return int(m.group(1)) if m else 0
+
+
+def _finest(found: dict[str, list[tuple[int, Path]]]) -> dict[str, Path]:
+    """Per name, the file at the finest resolution (a .SAFE holds B02 at 10, 20 and 60 m)."""
+    return {name: min(files, key=lambda rp: (rp[0] or 1e9, str(rp[1])))[1] for name, files in found.items()}
+
+
+def _sentinel2(folder: Path, files: list[Path]) -> Product | None:
+    bands: dict[str, list[tuple[int, Path]]] = {}
+    scl: dict[str, list[tuple[int, Path]]] = {}
+    for p in files:
+        if m := _S2_BAND.search(p.name):
+            bands.setdefault(m.group(1).upper(), []).append((_resolution(m, p), p))
+        elif m := _S2_SCL.search(p.name):
+            scl.setdefault("SCL", []).append((_resolution(m, p), p))
+    if "B02" not in bands:
+        return None
+    chosen = _finest(bands)
+    quality = QualityLayer(_finest(scl)["SCL"], values=S2_SCL_INVALID) if scl else None
+    return Product(folder, "Sentinel-2", {n: Band(n, p, S2_WAVELENGTHS[n]) for n, p in chosen.items()},
+                   S2_DEFAULT, quality)
+
+
+def _landsat(folder: Path, files: list[Path]) -> Product | None:
+    named = [p for p in files if _LANDSAT.match(p.name)]
+    if not named:
+        return None
+    mission = int(_LANDSAT.match(named[0].name).group(2))
+    table, default = (OLI_WAVELENGTHS, OLI_DEFAULT) if mission >= 8 else (TM_WAVELENGTHS, TM_DEFAULT)
+    level2 = any(_LS_BAND.search(p.name) and _LS_BAND.search(p.name).group(1) for p in named)
+    bands: dict[str, Band] = {}
+    quality = None
+    for p in named:
+        if _LS_QA.search(p.name):
+            quality = QualityLayer(p, bits=LANDSAT_QA_BITS)
+        elif (m := _LS_BAND.search(p.name)) and bool(m.group(1)) == level2 and m.group(2).upper() in table:
+            key = m.group(2).upper()
+            name = f"SR_{key}" if level2 else key
+            bands[name] = Band(name, p, table[key])
+    if not bands:
+        return None
+    default = tuple(f"SR_{b}" if level2 else b for b in default)
+    level = "Collection 2 Level-2" if level2 else "Level-1"
+    return Product(folder, f"Landsat {mission} {level}", bands, default, quality)
+
+
+def recognise(folder: str | Path) -> Product:
+    """The product in ``folder``, recognised from its file names; InputError when it is none rsvae knows."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    files = _files(folder)
+    product = _landsat(folder, files) or _sentinel2(folder, files)
+    if product is None:
+        raise InputError(f"no Sentinel-2 or Landsat band files in {folder}; give the band files instead")
+    return product
+
+
+def band_of_file(path: str | Path) -> tuple[str, float] | None:
+    """The sensor band a single band file's name shows, with its wavelength (``*_B8A.jp2`` -> ``B8A``, 865),
+    or None: band files given one by one are named and tagged like a product folder's."""
+    name = Path(str(path)).name
+    if (m := _LANDSAT.match(name)) and (b := _LS_BAND.search(name)):
+        table = OLI_WAVELENGTHS if int(m.group(2)) >= 8 else TM_WAVELENGTHS
+        key = b.group(2).upper()
+        return (f"SR_{key}" if b.group(1) else key, table[key]) if key in table else None
+    if m := _S2_BAND.search(name):
+        return m.group(1).upper(), S2_WAVELENGTHS[m.group(1).upper()]
+    return None
