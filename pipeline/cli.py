@@ -555,6 +555,64 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
     say(quiet, msg)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Stack to write: .vrt (references the inputs, no pixels copied) or .tif (a COG).")
+@click.option("--bands", callback=lambda ctx, p, v: [b for b in v.split(",") if b.strip()] if v else None,
+              help="Bands of a product folder, comma-separated, in the order wanted (e.g. B02,B03,B04,B08).  "
+                   "[default: the reflective bands in wavelength order]")
+@click.option("--resolution", type=float, help="Pixel size in CRS units.  [default: the finest among the inputs]")
+@click.option("--like", help="Put the stack on this raster's grid, or on a model folder's CRS (at the inputs' "
+                             "finest resolution).")
+@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "cubicspline", "lanczos",
+                                                 "average", "mode"]), help="Resampling of bands.  [default: bilinear]")
+@click.option("--mask", help="Mask raster (any grid; resampled with nearest) whose --mask-values or --mask-bits "
+                             "mark invalid pixels.")
+@click.option("--mask-values", callback=_ints, help="Values of --mask that are invalid, comma-separated.")
+@click.option("--mask-bits", callback=_ints, help="Bits of --mask that make a pixel invalid when set (0 = lowest).")
+@click.option("--no-mask", "no_mask", is_flag=True, default=None,
+              help="Do not mask a product folder's quality layer (SCL, QA_PIXEL).")
+@common
+def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_path: str | None, quiet: bool,
+          **opts: Any) -> None:
+    """Put the bands of one scene on one grid: band files at several resolutions, or a product folder.
+
+    INPUTS are band files (any raster rasterio opens: files, URLs, /vsizip/...; every band of each, in the
+    order given) or one product folder: Sentinel-2 L2A (.SAFE, or a folder of *_B02*.jp2|tif files such as a
+    BigEarthNet patch) or Landsat 4-9 Collection 2 (*_SR_B*.TIF or *_B1.TIF ...). A product's quality layer
+    (Sentinel-2 SCL: no data, defective, cloud shadow, cloud, cirrus; Landsat QA_PIXEL: fill, dilated cloud,
+    cirrus, cloud, cloud shadow) masks pixels unless --no-mask; masked pixels are invalid in every command.
+    A .vrt stack writes its mask beside it (SCENE.mask.tif). Band descriptions are the sensor's band names,
+    with the centre wavelength in nm as the band tag `wavelength`.
+
+    \b
+    Examples:
+      rsvae stack S2B_MSIL2A_20240601T103629_N0510_R008_T32TQM_20240601T140502.SAFE -o scene.vrt
+      rsvae stack LC09_L2SP_193029_20240612_20240613_02_T1/ -o landsat.vrt
+      rsvae stack a_B02.tif a_B03.tif a_B04.tif a_B8A.tif -o scene.tif --resolution 20
+      rsvae stack other_zone.tif --like work/model -o other_zone_utm32.vrt
+    """
+    from pipeline.stack import stack as run
+
+    like = opts.pop("like")  # per scene, so no config key
+    if no_mask:
+        opts["quality_mask"] = False
+    s, _ = settings(config_path, "stack", **opts)
+    summary = run(inputs, output, bands=s["bands"], resolution=s["resolution"], like=like,
+                  resampling=s["resampling"], mask=s["mask"], mask_values=s["mask_values"],
+                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"])
+    g = summary.grid
+    what = f"{summary.product} " if summary.product else ""
+    msg = (f"wrote {output}: {what}bands {', '.join(summary.bands)} on {g.width} x {g.height} pixels of "
+           f"{abs(g.transform.a):g} ({g.crs.to_string()})")
+    for label, count in summary.masked.items():
+        msg += f"; {label} masked {count} of {g.width * g.height} pixels"
+    if summary.mask_file:
+        msg += f" (mask in {summary.mask_file})"
+    say(quiet, msg)
+
+
 def _set_threads(threads: int) -> None:
     import os
 

@@ -8,6 +8,7 @@ Landsat 4-9 Collection 2 (Level-2 ``*_SR_B*.TIF`` or Level-1 style ``*_B1.TIF`` 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,14 +57,9 @@ class QualityLayer:
     """A product's quality layer and what in it marks a pixel unusable: class ``values`` or bit flags ``bits``."""
 
     path: Path
+    label: str
     values: tuple[int, ...] = ()
     bits: tuple[int, ...] = ()
-
-    @property
-    def rule(self) -> str:
-        """The rule in words, for messages."""
-        return (f"values {','.join(map(str, self.values))}" if self.values
-                else f"bits {','.join(map(str, self.bits))}")
 
 
 @dataclass(frozen=True)
@@ -104,9 +100,19 @@ def _normal(name: str) -> str:
     return f"B{m.group(1)}" if m else n
 
 
+#: Folder levels searched for band files (a .SAFE keeps them in GRANULE/*/IMG_DATA/R10m/).
+MAX_DEPTH = 5
+
+
 def _files(folder: Path) -> list[Path]:
-    """Raster files under ``folder`` (any depth: a .SAFE keeps them in GRANULE/*/IMG_DATA/R10m ...), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and re.search(_RASTER, p.name, re.I))
+    """Raster files in ``folder`` and up to MAX_DEPTH levels below it (unreadable folders skipped), sorted."""
+    found = []
+    base = len(folder.parts)
+    for root, dirs, files in os.walk(folder):
+        if len(Path(root).parts) - base >= MAX_DEPTH:
+            dirs.clear()
+        found.extend(Path(root, f) for f in files if re.search(_RASTER, f, re.I))
+    return sorted(found)
 
 
 def _resolution(match: re.Match, path: Path) -> int:
@@ -133,7 +139,7 @@ def _sentinel2(folder: Path, files: list[Path]) -> Product | None:
     if "B02" not in bands:
         return None
     chosen = _finest(bands)
-    quality = QualityLayer(_finest(scl)["SCL"], values=S2_SCL_INVALID) if scl else None
+    quality = QualityLayer(_finest(scl)["SCL"], "SCL", values=S2_SCL_INVALID) if scl else None
     return Product(folder, "Sentinel-2", {n: Band(n, p, S2_WAVELENGTHS[n]) for n, p in chosen.items()},
                    S2_DEFAULT, quality)
 
@@ -149,7 +155,7 @@ def _landsat(folder: Path, files: list[Path]) -> Product | None:
     quality = None
     for p in named:
         if _LS_QA.search(p.name):
-            quality = QualityLayer(p, bits=LANDSAT_QA_BITS)
+            quality = QualityLayer(p, "QA_PIXEL", bits=LANDSAT_QA_BITS)
         elif (m := _LS_BAND.search(p.name)) and bool(m.group(1)) == level2 and m.group(2).upper() in table:
             key = m.group(2).upper()
             name = f"SR_{key}" if level2 else key

@@ -136,13 +136,8 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
         product = products.recognise(folders[0])
         chosen = product.select(bands)
         sources = [Source(str(b.path), 1, b.name, b.wavelength) for b in chosen]
-        rules = []
-        if quality and product.quality is not None:
-            q = product.quality
-            rules.append(MaskRule(str(q.path), q.path.stem.rsplit("_", 1)[-1] if q.values else "QA_PIXEL",
-                                  q.values, q.bits))
-        if quality and product.quality is None:
-            rules = []
+        q = product.quality
+        rules = [MaskRule(str(q.path), q.label, q.values, q.bits)] if quality and q is not None else []
         return sources, rules, product.sensor
     if bands:
         raise InputError(f"{inputs[0]}: --bands chooses bands of a product folder; with band files, list the files "
@@ -223,7 +218,9 @@ def target_grid(inputs: Sequence[_Input], *, like: str | None = None, resolution
     else:
         crs = inputs[0].info.crs
     res = {inp.path: _resolution_in(inp, crs) for inp in inputs}
-    finest = min(inputs, key=lambda i: res[i.path])
+    # inputs already on this CRS set the resolution; a warped input's pixel size is only GDAL's estimate
+    native = [i for i in inputs if i.info.crs == crs] or list(inputs)
+    finest = min(native, key=lambda i: res[i.path])
     step = float(resolution) if resolution else res[finest.path]
     west, south, east, north = _bounds_in(inputs[0], crs)
     for inp in inputs[1:]:
