@@ -45,6 +45,7 @@ onstart:
     wf.write_config(config, CFG)
 
 
+include: "rules/stack.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/detect.smk"

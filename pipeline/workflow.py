@@ -36,6 +36,8 @@ class Plan:
     truth: dict[str, str]
     demo_files: list[str] = field(default_factory=list)
     features: bool = False
+    #: product folders to stack first (tile name -> folder); their tiles are RESULTS/stacks/NAME.vrt
+    stacks: dict[str, str] = field(default_factory=dict)
 
 
 def start(config: dict[str, Any], sources: Sequence[str | Path] = ()) -> Plan:
@@ -60,19 +62,61 @@ def start(config: dict[str, Any], sources: Sequence[str | Path] = ()) -> Plan:
 
 
 def expand_tiles(patterns: Sequence[str], key: str) -> dict[str, str]:
-    """Tile name -> path for every file the ``key`` globs match (sorted); each glob must match something."""
+    """Tile name -> path for every file the ``key`` globs match (sorted); each glob must match something.
+
+    An entry that is a GDAL dataset name (a URL, /vsizip/..., a subdataset) is one tile, named by
+    ``raster.tile_name``. A glob may also match product folders (Sentinel-2 .SAFE, Landsat): they are returned
+    as folders here, and ``plan`` turns each into a stack job.
+    """
+    from pipeline.raster import is_dataset_name, tile_name
+
     tiles: dict[str, str] = {}
     for pattern in patterns:
-        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if is_dataset_name(pattern):
+            matches = [pattern]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            matches = [p for p in found if os.path.isfile(p) or _product(p, explicit=not glob.has_magic(pattern),
+                                                                            key=key)]
         if not matches:
             raise ConfigError(f"{key}: {pattern!r} matches no file")
         for path in matches:
-            name = Path(path).stem
+            name = tile_name(path)
             if name in tiles and os.path.realpath(tiles[name]) != os.path.realpath(path):
                 raise ConfigError(f"{key}: two tiles named {name!r} ({tiles[name]} and {path}); "
                                   "tile names (file names without extension) must be unique")
             tiles.setdefault(name, path)
     return tiles
+
+
+def _product(path: str, *, explicit: bool, key: str) -> bool:
+    """Whether ``path`` is a product folder rsvae recognises; a folder named outright that is none is an error."""
+    from pipeline.errors import InputError
+    from pipeline.products import recognise
+
+    if not os.path.isdir(path):
+        return False
+    try:
+        recognise(path)
+    except InputError as exc:
+        if explicit:
+            raise ConfigError(f"{key}: {exc}") from None
+        return False
+    return True
+
+
+def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dict[str, str]:
+    """Product folders replaced by the VRT their stack job writes (``RESULTS/stacks/NAME.vrt``), noted in
+    ``stacks`` (name -> folder)."""
+    out = {}
+    for name, path in tiles.items():
+        if os.path.isdir(path):
+            if name in stacks and os.path.realpath(stacks[name]) != os.path.realpath(path):
+                raise ConfigError(f"two product folders named {name!r} ({stacks[name]} and {path})")
+            stacks[name] = path
+            path = f"{results}/stacks/{name}.vrt"
+        out[name] = path
+    return out
 
 
 def plan(config: dict[str, Any]) -> Plan:
@@ -98,8 +142,9 @@ def plan(config: dict[str, Any]) -> Plan:
         truth = {p.stem: str(p) for p in layout.truth}
         files = [str(p) for p in (*layout.normal, *layout.test, *layout.truth)]
         return Plan(results, config_file, normal, targets, truth, files, config["features"])
-    normal = expand_tiles(config["normal"], "normal")
-    targets = expand_tiles(config["targets"], "targets")
+    stacks: dict[str, str] = {}
+    normal = _stacked(expand_tiles(config["normal"], "normal"), results, stacks)
+    targets = _stacked(expand_tiles(config["targets"], "targets"), results, stacks)
     if not normal:
         raise ConfigError("normal: no tiles to train on; list globs of normal tiles")
     if not targets:
@@ -112,7 +157,7 @@ def plan(config: dict[str, Any]) -> Plan:
             raise ConfigError(f"truth: {config['truth']!r} is not a pattern with {{tile}} ({exc})") from None
         if os.path.isfile(path):
             truth[name] = path
-    return Plan(results, config_file, normal, targets, truth, [], config["features"])
+    return Plan(results, config_file, normal, targets, truth, [], config["features"], stacks)
 
 
 def cluster_resources(config: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:

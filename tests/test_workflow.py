@@ -236,3 +236,61 @@ def test_lint_is_clean(repo):
     run = snakemake(repo, "--lint")
     assert run.returncode == 0, run.stdout[-3000:]
     assert "Lints for" not in run.stdout and "Congratulations" in run.stdout
+
+
+# ---- product folders (rules/stack.smk) -----------------------------------------------------------------------
+
+def _band_folder(folder: Path, seed: int, size: int = 40) -> Path:
+    """A BigEarthNet-like Sentinel-2 patch: one GeoTIFF per band, B02-B04/B08 at 10 m, the rest at 20 m."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i, band in enumerate(["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]):
+        res = 10 if band in ("B02", "B03", "B04", "B08") else 20
+        n = size * 10 // res
+        data = (1000 + 100 * i + rng.integers(0, 200, (1, n, n))).astype("uint16")
+        with rasterio.open(folder / f"{folder.name}_{band}.tif", "w", driver="GTiff", width=n, height=n, count=1,
+                           dtype="uint16", crs="EPSG:32632", transform=from_origin(600000, 5000000, res, res)) as ds:
+            ds.write(data)
+    return folder
+
+
+def test_plan_stacks_product_folders_and_takes_urls(tmp_path):
+    from pipeline.config import validate
+
+    _band_folder(tmp_path / "S2" / "S2A_MSIL2A_20170617T113321_4_55", 0)
+    _band_folder(tmp_path / "S2" / "S2B_MSIL2A_20170924T93020_69_24", 1)
+    (tmp_path / "S2" / "notes").mkdir()  # a folder the glob matches that is no product: skipped
+    config = validate({"demo": False, "normal": [f"{tmp_path}/S2/*"],
+                       "targets": ["https://example.org/cogs/scene_a.tif?sig=1"], "results": "res"})
+    plan = wf.plan(config)
+    assert plan.normal == {"S2A_MSIL2A_20170617T113321_4_55": "res/stacks/S2A_MSIL2A_20170617T113321_4_55.vrt",
+                           "S2B_MSIL2A_20170924T93020_69_24": "res/stacks/S2B_MSIL2A_20170924T93020_69_24.vrt"}
+    assert plan.stacks["S2A_MSIL2A_20170617T113321_4_55"] == f"{tmp_path}/S2/S2A_MSIL2A_20170617T113321_4_55"
+    assert plan.targets == {"scene_a": "https://example.org/cogs/scene_a.tif?sig=1"}
+    with pytest.raises(ConfigError, match=r"normal: no Sentinel-2 or Landsat band files in .*notes"):
+        wf.plan(validate(dict(config, normal=[f"{tmp_path}/S2/notes"])))
+
+
+def test_product_folders_run_through_the_workflow(repo):
+    import rasterio
+
+    for k in range(3):
+        _band_folder(repo / "data" / ("normal" if k < 2 else "target") / f"S2A_MSIL2A_2024060{k}T103031_{k}_0", k)
+    (repo / "own.yaml").write_text(yaml.safe_dump({
+        "demo": False, "normal": ["data/normal/*"], "targets": ["data/target/*"], "truth": "none/{tile}.tif",
+        "ingest": {"max_pixels": 1000}, "train": {"epochs": 2, "patience": 0, "batch_size": 256},
+        "stack": {"bands": ["B02", "B03", "B04", "B08", "B8A"]}}))
+    run = snakemake(repo, "-c2", "--configfile", "own.yaml", timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert job_counts(run.stdout)["stack"] == 3
+    res = repo / "results"
+    with rasterio.open(res / "stacks" / "S2A_MSIL2A_20240600T103031_0_0.vrt") as ds:
+        assert ds.descriptions == ("B02", "B03", "B04", "B08", "B8A") and ds.res == (10, 10)
+    target = "S2A_MSIL2A_20240602T103031_2_0"
+    check_geotiff(res / "scores" / f"{target}.tif", res / "stacks" / f"{target}.vrt", 3, "float32")
+    model = json.loads((res / "model" / "model.json").read_text())
+    assert model["wavelengths"] == [490, 560, 665, 842, 865]
