@@ -18,3 +18,15 @@ def test_throughput_benchmark_smoke(tmp_path, capsys, monkeypatch):
         assert needle in out, needle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_256x256x8.tif"]  # the cached raster, reused
     del sys.modules["throughput"]
+
+
+def test_throughput_sentinel2_case_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import throughput
+
+    assert throughput.main(["--sentinel2", "--size", "240", "--cache", str(tmp_path), "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("`rsvae stack` -> VRT", "stacked GeoTIFF", "`rsvae score` on the stacked VRT",
+                   "VRT ≥ 0.7 ×", "peak RSS of `rsvae score`"):
+        assert needle in out, needle
+    del sys.modules["throughput"]
