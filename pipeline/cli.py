@@ -560,7 +560,7 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Stack to write: .vrt (references the inputs, no pixels copied) or .tif (a COG).")
 @click.option("--bands", callback=lambda ctx, p, v: [b for b in v.split(",") if b.strip()] if v else None,
-              help="Bands of a product folder, comma-separated, in the order wanted (e.g. B02,B03,B04,B08).  "
+              help="Bands by name, comma-separated, in the order wanted (e.g. B02,B03,B04,B08).  "
                    "[default: the reflective bands in wavelength order]")
 @click.option("--resolution", type=float, help="Pixel size in CRS units.  [default: the finest among the inputs]")
 @click.option("--like", help="Put the stack on this raster's grid, or on a model folder's CRS (at the inputs' "

@@ -89,11 +89,11 @@ class Product:
 
     def _key(self, name: str) -> str | None:
         """The product's band key for a user's band name (case-insensitive; B2 = B02, SR_B2 = B2)."""
-        wanted = _normal(name)
-        return next((key for key in self.bands if _normal(key) == wanted), None)
+        wanted = normal_name(name)
+        return next((key for key in self.bands if normal_name(key) == wanted), None)
 
 
-def _normal(name: str) -> str:
+def normal_name(name: str) -> str:
     """A band name in one spelling: upper case, no ``SR_``, no leading zero (``sr_b02`` -> ``B2``)."""
     n = name.strip().upper().removeprefix("SR_")
     m = re.fullmatch(r"B0*(\d+|8A)", n)

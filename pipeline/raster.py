@@ -109,6 +109,21 @@ def tile_name(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "tile"
 
 
+def gdal_name(path: str | Path) -> str:
+    """The name GDAL itself opens for ``path``: URLs as rasterio maps them (``https://`` -> ``/vsicurl/https://``,
+    ``s3://b/k`` -> ``/vsis3/b/k``), everything else unchanged. For names written where GDAL, not rasterio, reads
+    them (a VRT's sources)."""
+    text = os.fspath(path)
+    if not _URL.match(text):
+        return text
+    from rasterio._path import _parse_path  # rasterio's own URL mapping (what rasterio.open does)
+
+    try:
+        return _parse_path(text).as_vsi()
+    except (ValueError, AttributeError):
+        return text
+
+
 def file_name(path: str | Path) -> str:
     """The file name of a tile as recorded in samples and score tags: the local file's name, or for a dataset
     name (URL, /vsi path, subdataset) its ``tile_name``."""

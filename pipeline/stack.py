@@ -36,6 +36,7 @@ from pipeline.raster import (
     _gdal_message,
     _representable,
     check_distinct,
+    gdal_name,
     info_of,
     is_dataset_name,
     open_raster,
@@ -123,7 +124,7 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
 
     A folder is recognised from its file names (``products.recognise``); files give all their bands in order,
     named after the sensor band their file name shows (``*_B02.tif`` -> ``B02``, 490 nm), else after their band
-    descriptions or file names.
+    descriptions or file names; ``bands`` then picks among those names.
     """
     from pipeline import products
 
@@ -139,9 +140,6 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
         q = product.quality
         rules = [MaskRule(str(q.path), q.label, q.values, q.bits)] if quality and q is not None else []
         return sources, rules, product.sensor
-    if bands:
-        raise InputError(f"{inputs[0]}: --bands chooses bands of a product folder; with band files, list the files "
-                         "you want in the order you want")
     sources = []
     for path in inputs:
         with open_raster(path) as ds:
@@ -154,6 +152,13 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
                 name = info.descriptions[b] or (tile_name(path) if info.count == 1 else f"{tile_name(path)}_{b + 1}")
                 wl = info.wavelengths[b] if info.wavelengths else None
             sources.append(Source(str(path), b + 1, name, wl))
+    if bands:  # by band name (description or sensor band), in the order given
+        by_name = {products.normal_name(s.name): s for s in sources}
+        missing = [b for b in bands if products.normal_name(b) not in by_name]
+        if missing:
+            raise InputError(f"{inputs[0]}: no band named {missing[0]!r} among the inputs' bands "
+                             f"({', '.join(s.name for s in sources)})")
+        sources = [by_name[products.normal_name(b)] for b in bands]
     return sources, [], None
 
 
@@ -250,7 +255,7 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
 def _source_name(path: str, vrt_dir: Path | None) -> tuple[str, str]:
     """(name, relativeToVRT) of a source: relative to the VRT's folder for local files, else as given."""
     if is_dataset_name(path):
-        return path, "0"
+        return gdal_name(path), "0"
     full = os.path.abspath(path)
     if vrt_dir is None or os.path.commonpath([full, str(vrt_dir)]) == os.path.sep:
         return full, "0"  # nothing in common but the root: an absolute path survives moving the VRT better
@@ -353,7 +358,6 @@ class _MaskReader:
         try:
             for rule in self.rules:
                 ds = self._exit.enter_context(open_raster(rule.path))
-                self._exit.enter_context(rasterio.Env(**READ_ENV))
                 vrt = self._exit.enter_context(WarpedVRT(
                     ds, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
                     height=self.grid.height, resampling=Resampling.nearest, src_nodata=ds.nodata, nodata=ds.nodata))

@@ -106,13 +106,16 @@ def _product(path: str, *, explicit: bool, key: str) -> bool:
 
 
 def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dict[str, str]:
-    """Product folders replaced by the VRT their stack job writes (``RESULTS/stacks/NAME.vrt``), noted in
-    ``stacks`` (name -> folder)."""
+    """Product folders and dataset names (URLs, /vsi paths) replaced by the VRT their stack job writes
+    (``RESULTS/stacks/NAME.vrt``), noted in ``stacks`` (name -> folder or name). A URL thus becomes a small local
+    file the rules can name as input (Snakemake takes inputs for local paths), and the VRT reads the URL."""
+    from pipeline.raster import is_dataset_name
+
     out = {}
     for name, path in tiles.items():
-        if os.path.isdir(path):
+        if os.path.isdir(path) or is_dataset_name(path):
             if name in stacks and os.path.realpath(stacks[name]) != os.path.realpath(path):
-                raise ConfigError(f"two product folders named {name!r} ({stacks[name]} and {path})")
+                raise ConfigError(f"two tiles to stack named {name!r} ({stacks[name]} and {path})")
             stacks[name] = path
             path = f"{results}/stacks/{name}.vrt"
         out[name] = path
@@ -158,6 +161,13 @@ def plan(config: dict[str, Any]) -> Plan:
         if os.path.isfile(path):
             truth[name] = path
     return Plan(results, config_file, normal, targets, truth, [], config["features"], stacks)
+
+
+def stack_input(source: str) -> list[str]:
+    """The stack job's input files: the product folder, or none for a dataset name (a URL is no local file)."""
+    from pipeline.raster import is_dataset_name
+
+    return [] if is_dataset_name(source) else [source]
 
 
 def cluster_resources(config: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,11 +1,12 @@
 # Product folders matched by `normal` or `targets` (Sentinel-2 .SAFE, Landsat Collection 2, band-file folders):
 # one job each stacks the chosen bands on one grid as a VRT (plus its cloud mask, NAME.mask.tif, beside it),
-# which is then ingested or scored like any tile. Settings: the config's `stack` section.
+# which is then ingested or scored like any tile. Settings: the config's `stack` section. An entry that is a
+# URL or /vsi path gets a stack job too: its VRT is a local file the other rules can take as input.
 
 
 rule stack:
     input:
-        lambda wildcards: PLAN.stacks[wildcards.tile],
+        lambda wildcards: wf.stack_input(PLAN.stacks[wildcards.tile]),
     output:
         f"{R}/stacks/{{tile}}.vrt",
     log:
@@ -13,6 +14,7 @@ rule stack:
     benchmark:
         f"{R}/benchmarks/stack/{{tile}}.tsv"
     params:
+        source=lambda wildcards: PLAN.stacks[wildcards.tile],
         config=CFG,
         settings=config["stack"],
     threads: 1
@@ -23,4 +25,4 @@ rule stack:
     conda:
         "../envs/rsvae.yaml"
     shell:
-        "rsvae stack {input} -o {output} --config {params.config} > {log} 2>&1"
+        "rsvae stack {params.source:q} -o {output} --config {params.config} > {log} 2>&1"

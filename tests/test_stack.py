@@ -180,6 +180,9 @@ def test_band_files_other_crs_and_mask_file(tmp_path):
     with rasterio.open(tmp_path / "s.vrt") as ds:
         assert ds.crs.to_epsg() == 32632 and ds.tags(2)["wavelength"] == "842"
         band8 = ds.read(2)
+    run("stack", a, b, "-o", tmp_path / "one.vrt", "--bands", "b8")  # --bands picks among the files' bands
+    with rasterio.open(tmp_path / "one.vrt") as ds:
+        assert ds.descriptions == ("B08",)
     inner = band8[10:50, 10:50]
     assert (inner > 0).all() and np.abs(inner.astype(float) - src[10:50, 10:50]).mean() < 60
 
@@ -196,6 +199,7 @@ def test_bad_inputs_one_line_nothing_written(safe, tmp_path):
     far = _write(tmp_path / "far_B02.tif", _field(10, 0), 10, origin=(700000, 5000000))
     near = _write(tmp_path / "near_B03.tif", _field(10, 0), 10)
     bad(near, far, match=r"far_B02\.tif: does not overlap .*near_B03\.tif")
+    bad(near, "--bands", "B04", match=r"near_B03\.tif: no band named 'B04' among the inputs' bands \(B03\)")
     small = _write(tmp_path / "small.tif", np.zeros((5, 5), np.uint8), 10)
     bad(safe, "--mask", small, "--mask-values", "1", match=r"small\.tif: the mask does not cover the scene")
     bad("http://127.0.0.1:9/x.tif", match=r"^Error: http://127\.0\.0\.1:9/x\.tif: cannot open \(")
@@ -270,6 +274,12 @@ def test_remote_and_virtual_tiles_score_like_local(demo, model_dir, http_folder,
             np.testing.assert_array_equal(ds.read(), local)
             assert ds.tags()["rsvae_input"] == tile.stem
     run("ingest", names["http"], "-o", tmp_path / "s.nc", "-q", "--max-pixels", 500)
+    # a stack of a URL is a local VRT that reads the URL (what the workflow makes of a URL entry)
+    run("stack", names["http"], "-o", tmp_path / "url.vrt")
+    assert f"/vsicurl/{http_folder}/" in (tmp_path / "url.vrt").read_text()
+    run("score", model_dir, tmp_path / "url.vrt", "-o", tmp_path / "url.tif", "-q")
+    with rasterio.open(tmp_path / "url.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), local)
     out = run("score", model_dir, f"{http_folder}/missing.tif", "-o", tmp_path / "m.tif", code=1)
     assert out.startswith(f"Error: {http_folder}/missing.tif: cannot open (") and not (tmp_path / "m.tif").exists()
 

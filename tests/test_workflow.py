@@ -270,7 +270,9 @@ def test_plan_stacks_product_folders_and_takes_urls(tmp_path):
     assert plan.normal == {"S2A_MSIL2A_20170617T113321_4_55": "res/stacks/S2A_MSIL2A_20170617T113321_4_55.vrt",
                            "S2B_MSIL2A_20170924T93020_69_24": "res/stacks/S2B_MSIL2A_20170924T93020_69_24.vrt"}
     assert plan.stacks["S2A_MSIL2A_20170617T113321_4_55"] == f"{tmp_path}/S2/S2A_MSIL2A_20170617T113321_4_55"
-    assert plan.targets == {"scene_a": "https://example.org/cogs/scene_a.tif?sig=1"}
+    assert plan.targets == {"scene_a": "res/stacks/scene_a.vrt"}  # a local VRT of the URL, for Snakemake
+    assert plan.stacks["scene_a"] == "https://example.org/cogs/scene_a.tif?sig=1"
+    assert wf.stack_input(plan.stacks["scene_a"]) == []
     with pytest.raises(ConfigError, match=r"normal: no Sentinel-2 or Landsat band files in .*notes"):
         wf.plan(validate(dict(config, normal=[f"{tmp_path}/S2/notes"])))
 
