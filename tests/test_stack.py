@@ -132,6 +132,12 @@ def test_safe_product_to_vrt_with_scl_mask(safe, tmp_path):
     xml = out.read_text()
     assert 'relativeToVRT="1"' in xml and str(safe) not in xml and "scene.mask.tif" in xml
     assert (out.parent / "scene.mask.tif").is_file()
+    # masked pixels are never sampled: the sample's band statistics count exactly the valid pixels
+    run("ingest", out, "-o", tmp_path / "s.nc", "-q")
+    from pipeline.sample import load_sample
+
+    smp = load_sample(tmp_path / "s.nc")
+    assert smp.pixels.shape == (3600 - 124, 10) and smp.wavelengths[0] == 490
 
 
 def test_materialised_cog_equals_vrt(safe, tmp_path):
