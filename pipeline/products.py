@@ -132,6 +132,8 @@ def _sentinel2(folder: Path, files: list[Path]) -> Product | None:
     bands: dict[str, list[tuple[int, Path]]] = {}
     scl: dict[str, list[tuple[int, Path]]] = {}
     for p in files:
+        if p.name.upper().startswith("MSK_"):  # QI_DATA's per-band masks (MSK_DETFOO_B02.jp2 ...): no bands
+            continue
         if m := _S2_BAND.search(p.name):
             bands.setdefault(m.group(1).upper(), []).append((_resolution(m, p), p))
         elif m := _S2_SCL.search(p.name):

@@ -95,6 +95,40 @@ def landsat(tmp_path_factory) -> Path:
     return root
 
 
+def _touch(folder: Path, names: list[str]) -> Path:
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).touch()
+    return folder
+
+
+@pytest.mark.parametrize("names, sensor, default, quality", [
+    # Landsat 8 Level-1: B1-B11 (pan B8, cirrus B9, thermal B10/B11), QA_PIXEL
+    ([f"LC08_L1TP_193029_20240807_20240814_02_T1_B{b}.TIF" for b in range(1, 12)]
+     + ["LC08_L1TP_193029_20240807_20240814_02_T1_QA_PIXEL.TIF"],
+     "Landsat 8 Level-1", ["B2", "B3", "B4", "B5", "B6", "B7"], "QA_PIXEL"),
+    # Landsat 5 Level-2: SR_B1-SR_B5, SR_B7, thermal ST_B6
+    ([f"LT05_L2SP_193029_20000807_20200814_02_T1_SR_B{b}.TIF" for b in (1, 2, 3, 4, 5, 7)]
+     + ["LT05_L2SP_193029_20000807_20200814_02_T1_ST_B6.TIF", "LT05_L2SP_193029_20000807_20200814_02_T1_QA_PIXEL.TIF"],
+     "Landsat 5 Collection 2 Level-2", ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"], "QA_PIXEL"),
+    # a .SAFE layout: TCI/AOT/WVP and QI_DATA masks are no bands; B01 only at 60 m; SCL at 20 and 60 m
+    (["GRANULE/L2A_X/IMG_DATA/R10m/T_B02_10m.jp2", "GRANULE/L2A_X/IMG_DATA/R10m/T_TCI_10m.jp2",
+      "GRANULE/L2A_X/IMG_DATA/R10m/T_AOT_10m.jp2", "GRANULE/L2A_X/IMG_DATA/R20m/T_B02_20m.jp2",
+      "GRANULE/L2A_X/IMG_DATA/R20m/T_SCL_20m.jp2", "GRANULE/L2A_X/IMG_DATA/R60m/T_SCL_60m.jp2",
+      "GRANULE/L2A_X/IMG_DATA/R60m/T_B01_60m.jp2", "GRANULE/L2A_X/QI_DATA/MSK_DETFOO_B03.jp2"],
+     "Sentinel-2", ["B02"], "SCL"),
+])
+def test_products_recognised_from_file_names(tmp_path, names, sensor, default, quality):
+    from pipeline.products import recognise
+
+    product = recognise(_touch(tmp_path / "p", names))
+    assert product.sensor == sensor and product.quality.label == quality
+    assert [b.name for b in product.select()] == default
+    if sensor == "Sentinel-2":
+        assert set(product.bands) == {"B01", "B02"} and product.bands["B02"].path.name == "T_B02_10m.jp2"
+        assert product.quality.path.name == "T_SCL_20m.jp2"
+
+
 def _valid(path: Path) -> np.ndarray:
     with open_raster(path) as ds:
         _, valid = WindowReader(ds).read(rasterio.windows.Window(0, 0, ds.width, ds.height))
