@@ -250,6 +250,16 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _covers(inp: _Input, grid: Grid) -> bool:
+    """Whether ``inp`` (on the grid's CRS) covers the whole grid, to half a pixel."""
+    if inp.info.crs != grid.crs:
+        return False
+    w, s, e, n = inp.bounds
+    gw, gs, ge, gn = grid.bounds
+    tol = 0.5 * abs(grid.transform.a)
+    return w <= gw + tol and s <= gs + tol and e >= ge - tol and n >= gn - tol
+
+
 # --------------------------------------------------------------------------------------------- the VRT
 
 def _source_name(path: str, vrt_dir: Path | None) -> tuple[str, str]:
@@ -405,8 +415,9 @@ def _stack_dtype(inputs: dict[str, _Input]) -> str:
 
 
 def _stack_nodata(inputs: dict[str, _Input], sources: Sequence[Source], dtype: str, need: bool) -> float | None:
-    """The stack's nodata: the first input's that declares one (and fits the type); when masks must become
-    nodata (a materialised stack) and none is declared, 0 for integers (Sentinel-2's and Landsat's fill) or -9999."""
+    """The stack's nodata: the first input's that declares one (and fits the type); when one is ``need``ed (masks
+    to burn into a materialised stack, parts of the grid no input covers) and none is declared, 0 for integers
+    (Sentinel-2's and Landsat's fill) or -9999."""
     for src in sources:
         nd = inputs[src.path].info.nodata
         if nd is not None and not math.isnan(nd) and _representable(nd, np.dtype(dtype)):
@@ -456,8 +467,11 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
         _check_mask_covers(rule, grid)
     dtype = _stack_dtype(opened)
     summary = StackSummary(str(output), [s.name for s in sources], grid, product=sensor)
+    # Where an input leaves part of the grid empty (a warped input's corners, a --like grid larger than it),
+    # the stack needs a nodata value so those pixels are invalid, not zeros.
+    gaps = any(not _same_grid_family(i, grid) or not _covers(i, grid) for i in opened.values())
     if suffix == ".vrt":
-        nodata = _stack_nodata(opened, sources, dtype, need=False)
+        nodata = _stack_nodata(opened, sources, dtype, need=gaps)
         mfile = None
         if rules:
             mfile = mask_path(output)
@@ -469,7 +483,7 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
             tmp.write_text(xml)
             _check_vrt(tmp, output)
     else:
-        nodata = _stack_nodata(opened, sources, dtype, need=bool(rules))
+        nodata = _stack_nodata(opened, sources, dtype, need=bool(rules) or gaps)
         summary.masked = _materialise(sources, opened, grid, rules, output, resampling=resampling,
                                       nodata=nodata, dtype=dtype)
     return summary

@@ -361,3 +361,13 @@ def test_real_bigearthnet_patches(tmp_path):
     assert smp.bands == 10 and list(smp.wavelengths) == [490, 560, 665, 705, 740, 783, 842, 865, 1610, 2190]
     assert smp.pixels.shape[0] == 120 * 120 and np.isfinite(smp.pixels).all()
     assert os.path.getsize(vrts[0]) < 20000
+
+
+def test_like_raster_grid_larger_than_the_input_leaves_the_rest_invalid(tmp_path):
+    band = _write(tmp_path / "p_B02.tif", _field(20, 3), 10)  # declares no nodata (as BigEarthNet patches)
+    like = _write(tmp_path / "like.tif", np.zeros((30, 40), np.uint8), 10, origin=(ORIGIN[0] - 50, ORIGIN[1]))
+    run("stack", band, "--like", like, "-o", tmp_path / "s.vrt")
+    with rasterio.open(tmp_path / "s.vrt") as ds:
+        assert (ds.width, ds.height, ds.nodata) == (40, 30, 0)
+    valid = _valid(tmp_path / "s.vrt")
+    assert valid.sum() == 20 * 20 and valid[:20, 5:25].all()
