@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -565,7 +566,11 @@ def sentinel2_report(a: argparse.Namespace, launcher: Launcher, work: Path) -> i
     print("| stage | seconds | Mpixel/s | peak RSS (MiB) |")
     print("| --- | --- | --- | --- |")
     print(f"| `rsvae stack` -> VRT ({vrt.stat().st_size / 1024:.0f} KiB) | {wall_vrt:.1f} | – | {rss_vrt_stack:.0f} |")
-    print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | {wall_tif:.1f} | – | {rss_tif_stack:.0f} |")
+    if math.isnan(wall_tif):
+        print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | cached from an earlier run | – | – |")
+    else:
+        print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | {wall_tif:.1f} | – "
+              f"| {rss_tif_stack:.0f} |")
     for key, label in (("vrt", "`rsvae score` on the stacked VRT"), ("tif", "`rsvae score` on the stacked GeoTIFF")):
         print(f"| {label} | {best[key][0]:.1f} | {mpx[key]:.2f} | {best[key][1]:.0f} |")
     rss = max(best["vrt"][1], best["tif"][1])

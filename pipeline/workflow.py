@@ -36,7 +36,7 @@ class Plan:
     truth: dict[str, str]
     demo_files: list[str] = field(default_factory=list)
     features: bool = False
-    #: product folders to stack first (tile name -> folder); their tiles are RESULTS/stacks/NAME.vrt
+    #: product folders and URLs to stack first (tile name -> folder or URL); their tiles are RESULTS/stacks/NAME.vrt
     stacks: dict[str, str] = field(default_factory=dict)
 
 
