@@ -525,6 +525,22 @@ def build_s2_product(folder: Path, size: int, seed: int = 0) -> Path:
     return folder
 
 
+def _measured(argv: list[str]) -> tuple[float, float, float]:
+    """Run ``argv``; return (wall seconds, CPU seconds (user + system), peak RSS in MiB). CPU time barely depends
+    on what else runs on the machine, so it compares two runs even where wall time is noisy. Started from this
+    process while it is small (no torch, no GDAL loaded), so the child's peak RSS is its own."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{err.read()[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
 def sentinel2_report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
     """The Sentinel-2-like case: `rsvae score` on the stacked VRT vs on the same scene as one stacked GeoTIFF."""
     say = functools.partial(print, file=sys.stderr, flush=True)
@@ -545,16 +561,17 @@ def sentinel2_report(a: argparse.Namespace, launcher: Launcher, work: Path) -> i
     launcher.run([*rsvae, "train", str(work / "sample.nc"), "-o", str(model), "--epochs", "3", "-q"])
     runs = {"vrt": [*rsvae, "score", "-q", str(model), str(vrt), "-o", str(work / "score_vrt.tif")],
             "tif": [*rsvae, "score", "-q", str(model), str(tif), "-o", str(work / "score_tif.tif")]}
-    best: dict[str, tuple[float, float]] = {}
+    best: dict[str, tuple[float, float, float]] = {}  # fastest wall, least CPU, largest peak RSS
     for r in range(a.repeat):
         for key, argv in runs.items():
             say(f"run {r + 1}/{a.repeat}: score the {key} ...")
-            wall, rss, _ = launcher.run(argv)
+            wall, cpu, rss = _measured(argv)
             old = best.get(key)
-            best[key] = (min(wall, old[0]) if old else wall, max(rss, old[1]) if old else rss)
+            best[key] = (min(wall, old[0]), min(cpu, old[1]), max(rss, old[2])) if old else (wall, cpu, rss)
     px = a.size * a.size
     mpx = {k: px / v[0] / 1e6 for k, v in best.items()}
     ratio = mpx["vrt"] / mpx["tif"]
+    cpu_ratio = best["tif"][1] / best["vrt"][1]
     size_tif = tif.stat().st_size / 2**20
     size_bands = sum(f.stat().st_size for f in product.glob("*.tif")) / 2**20
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -563,23 +580,24 @@ def sentinel2_report(a: argparse.Namespace, launcher: Launcher, work: Path) -> i
     print(f"\nSentinel-2-like scene: {len(S2_LIKE)} uint16 band files (deflate; {a.size}² at 10 m, 20 m and 60 m "
           f"bands; {size_bands:.0f} MiB), {os.cpu_count()} CPUs (load {load:.1f} at the end), "
           f"GDAL {rasterio.__gdal_version__}\n")
-    print("| stage | seconds | Mpixel/s | peak RSS (MiB) |")
-    print("| --- | --- | --- | --- |")
-    print(f"| `rsvae stack` -> VRT ({vrt.stat().st_size / 1024:.0f} KiB) | {wall_vrt:.1f} | – | {rss_vrt_stack:.0f} |")
+    print("| stage | seconds | Mpixel/s | CPU seconds | peak RSS (MiB) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| `rsvae stack` -> VRT ({vrt.stat().st_size / 1024:.0f} KiB) | {wall_vrt:.1f} | – | – "
+          f"| {rss_vrt_stack:.0f} |")
     if math.isnan(wall_tif):
-        print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | cached from an earlier run | – | – |")
+        print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | cached from an earlier run | – | – | – |")
     else:
-        print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | {wall_tif:.1f} | – "
+        print(f"| `rsvae stack` -> stacked GeoTIFF (COG, {size_tif:.0f} MiB) | {wall_tif:.1f} | – | – "
               f"| {rss_tif_stack:.0f} |")
     for key, label in (("vrt", "`rsvae score` on the stacked VRT"), ("tif", "`rsvae score` on the stacked GeoTIFF")):
-        print(f"| {label} | {best[key][0]:.1f} | {mpx[key]:.2f} | {best[key][1]:.0f} |")
-    rss = max(best["vrt"][1], best["tif"][1])
+        print(f"| {label} | {best[key][0]:.1f} | {mpx[key]:.2f} | {best[key][1]:.1f} | {best[key][2]:.0f} |")
+    rss = max(best["vrt"][2], best["tif"][2])
     print("\n| target | measured | met |")
     print("| --- | --- | --- |")
-    print(f"| VRT ≥ {TARGET_VRT_RATIO} × the stacked GeoTIFF | {ratio:.2f} × | "
-          f"{'yes' if ratio >= TARGET_VRT_RATIO else 'NO'} |")
-    print(f"| peak RSS of `rsvae score` < {TARGET_RSS_MIB} MiB | VRT {best['vrt'][1]:.0f} MiB, GeoTIFF "
-          f"{best['tif'][1]:.0f} MiB | {'yes' if rss < TARGET_RSS_MIB else 'NO'} |")
+    print(f"| VRT ≥ {TARGET_VRT_RATIO} × the stacked GeoTIFF (wall time, fastest of {a.repeat}) | {ratio:.2f} × "
+          f"(per CPU second: {cpu_ratio:.2f} ×) | {'yes' if ratio >= TARGET_VRT_RATIO else 'NO'} |")
+    print(f"| peak RSS of `rsvae score` < {TARGET_RSS_MIB} MiB | VRT {best['vrt'][2]:.0f} MiB, GeoTIFF "
+          f"{best['tif'][2]:.0f} MiB | {'yes' if rss < TARGET_RSS_MIB else 'NO'} |")
     return 0
 
 

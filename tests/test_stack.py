@@ -324,6 +324,24 @@ def test_remote_and_virtual_tiles_score_like_local(demo, model_dir, http_folder,
     assert out.startswith(f"Error: {http_folder}/missing.tif: cannot open (") and not (tmp_path / "m.tif").exists()
 
 
+def test_subdataset_names_are_tiles(demo, model_dir, tmp_path):
+    """Driver-prefixed subdataset names (here netCDF variables, one band each) stack into the tile they came from."""
+    import rasterio.shutil
+
+    tile = Path(demo.test[0])
+    rasterio.shutil.copy(tile, tmp_path / "cube.nc", driver="netCDF")
+    with rasterio.open(tile) as ds:
+        count = ds.count
+    names = [f"netcdf:{tmp_path / 'cube.nc'}:Band{b}" for b in range(1, count + 1)]
+    assert all(is_dataset_name(n) for n in names)
+    run("stack", *names, "-o", tmp_path / "cube.vrt")
+    run("score", model_dir, tmp_path / "cube.vrt", "-o", tmp_path / "cube.tif", "-q")
+    run("score", model_dir, tile, "-o", tmp_path / "local.tif", "-q")
+    with rasterio.open(tmp_path / "cube.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
+        np.testing.assert_allclose(a.read(), b.read(), rtol=1e-5)
+        assert a.transform == b.transform
+
+
 def test_other_crs_error_gives_the_stack_command(demo, model_dir, tmp_path):
     from rasterio.warp import calculate_default_transform, reproject
 
