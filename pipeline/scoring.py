@@ -30,6 +30,7 @@ from pipeline.raster import (
     output_nodata,
     writer_like,
 )
+from pipeline.styles import write_raster_qml
 
 if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
     from pipeline.detectors.base import Detector
@@ -141,6 +142,8 @@ def score_raster(
             w.discard()
         raise
     commit_together(writers)
+    if "rarity" in names:
+        write_raster_qml(out, names.index("rarity") + 1)
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
                         threshold, flagged if mask_out is not None else None,
                         finish_seconds=sum(w.finish_seconds for w in writers))
