@@ -410,6 +410,80 @@ def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: i
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Detections to write: .gpkg (with a QGIS style), .geojson or .fgb.")
+@click.option("--min-rarity", type=float,
+              help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).  [default: 5]")
+@click.option("--fpr", type=float, help="Or: false-alarm rate per pixel (--fpr 1e-5 is --min-rarity 5).")
+@click.option("--min-pixels", type=int, help="Smallest group of flagged pixels kept.  [default: 1]")
+@common
+def detect(scores: str, output: str, min_rarity: float | None, fpr: float | None, min_pixels: int | None,
+           config_path: str | None, quiet: bool) -> None:
+    """Turn a SCORES raster into ranked detections: one polygon per 8-connected group of rare pixels.
+
+    Attributes: tile, rank (1 = highest peak rarity), pixels, area_m2, peak_rarity, mean_rarity, peak_score,
+    peak_row, peak_col (from 0), peak_x, peak_y (the raster's CRS), lon, lat (WGS84).
+
+    \b
+    Example:
+      rsvae detect results/scores/tile_000.tif -o results/detections/tile_000.gpkg --min-rarity 5
+    """
+    from pipeline.detections import detect as run
+    from pipeline.errors import InputError
+
+    if min_rarity is not None and fpr is not None:
+        raise InputError("give --min-rarity or --fpr, not both")
+    s, _ = settings(config_path, "detect", min_rarity=min_rarity, min_pixels=min_pixels)
+    n = run(scores, output, min_rarity=None if fpr is not None else s["min_rarity"], fpr=fpr,
+            min_pixels=s["min_pixels"])
+    say(quiet, f"wrote {output}: {n} detections")
+
+
+@cli.command("merge-detections", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Merged detections (.gpkg, .geojson or .fgb).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def merge_detections(inputs: tuple[str, ...], output: str, quiet: bool) -> None:
+    """Merge per-tile detection files into one layer, ranked again across all tiles.
+
+    \b
+    Example:
+      rsvae merge-detections results/detections/*.gpkg -o results/detections.gpkg
+    """
+    from pipeline.detections import merge
+
+    n = merge(inputs, output)
+    say(quiet, f"wrote {output}: {n} detections from {len(inputs)} files")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("detections", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML page to write.")
+@click.option("--tile", "tiles", multiple=True, type=click.Path(dir_okay=False),
+              help="Input tile of the detections (default: the path recorded when scoring); repeat per tile.")
+@click.option("-n", "--count", type=int, help="Detections to show, highest ranked first.  [default: 50]")
+@common
+def review(detections: str, output: str, tiles: tuple[str, ...], count: int | None, config_path: str | None,
+           quiet: bool) -> None:
+    """Build a self-contained HTML page to review the highest-ranked DETECTIONS.
+
+    For each: a colour chip of the input around it with its outline, its spectrum against the spectra around it
+    (mean and 5-95 %), and its attributes.
+
+    \b
+    Example:
+      rsvae review results/detections.gpkg -o review.html
+    """
+    from pipeline.review import write_review
+
+    s, _ = settings(config_path, "detect", review=count)
+    n = write_review(detections, output, tiles=tiles, count=s["review"])
+    say(quiet, f"wrote {output}: {n} detections")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
 @click.argument("tile", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
