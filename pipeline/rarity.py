@@ -57,14 +57,16 @@ def tail_from_quantiles(cal: dict[str, Any]) -> Tail:
     values = np.asarray(cal["values"], np.float64)
     n = int(cal.get("n") or 0)
     anchor, share = _anchor(levels, values, n)
-    # exponential: q(1 − p) = u + β · ln(p_u / p) for p ≤ TAIL_SHARE; fit β on the trusted quantiles
+    # exponential: q(1 − p) = u + β · ln(p_u / p) for p ≤ TAIL_SHARE; β by least squares on the quantiles that
+    # at least one held-out pixel lies above (fewer than three such: down to the 90 % quantile)
     p = 1.0 - levels
-    use = (p <= TAIL_SHARE + 1e-12) & (p >= share - 1e-12) & (p > 0)
+    floor = 1.0 / n if n > 0 else 1e-3
+    use = (p <= TAIL_SHARE + 1e-12) & (p >= floor - 1e-12) & (p > 0)
+    if use.sum() < 3:
+        use = (p <= 0.1 + 1e-12) & (p >= floor - 1e-12) & (p > 0)
     scale = 0.0
     if use.sum() >= 2:
-        x = np.log(TAIL_SHARE / p[use])
-        y = values[use]
-        scale = float(np.polyfit(x, y, 1)[0])
+        scale = float(np.polyfit(np.log(1.0 / p[use]), values[use], 1)[0])
     return Tail(anchor, share, _positive_scale(scale, values))
 
 

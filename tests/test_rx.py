@@ -153,7 +153,7 @@ def test_cli_train_rx_then_score(tmp_path):
         res = runner.invoke(cli, args)
         assert res.exit_code == 0, res.output
     with rasterio.open(tmp_path / "scores.tif") as ds:
-        assert ds.count == 1 and ds.descriptions == ("score",)
+        assert ds.count == 2 and ds.descriptions == ("score", "rarity")
         s = ds.read(1)
     assert np.unravel_index(np.argmax(s), s.shape) == where
     direct = RXDetector.fit(img.reshape(4, -1).T, ["a"] * 4, stats_of(img.reshape(4, -1).T.astype(np.float64)),
