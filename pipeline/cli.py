@@ -391,11 +391,11 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | Non
 @click.argument("scores", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--mask", type=click.Path(dir_okay=False), help="Anomaly mask to overlay (flagged pixels in cyan).")
-@click.option("--band", type=int, default=1, show_default=True, help="Band of SCORES to show.")
+@click.option("--band", type=int, help="Band of SCORES to show.  [default: rarity, else 1]")
 @click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: int, quiet: bool) -> None:
-    """Draw a PNG quicklook of a SCORES raster (a percentile stretch; nodata grey).
+def quicklook(scores: str, output: str, mask: str | None, band: int | None, max_size: int, quiet: bool) -> None:
+    """Draw a PNG quicklook of a SCORES raster (rarity on a fixed 0-8 scale, other bands stretched; nodata grey).
 
     \b
     Example:

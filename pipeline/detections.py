@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError, OutputError
 from pipeline.files import atomic_path
+from pipeline.rarity import band_of
 from pipeline.raster import open_raster
 
 #: Default threshold: one normal pixel in 100 000 scores as high (about one false pixel per 100 000-pixel tile).
@@ -98,9 +99,9 @@ class _UnionFind:
 
 def rarity_band(ds: Any) -> int:
     """The 1-based index of a score raster's ``rarity`` band; InputError naming the file when it has none."""
-    for i, d in enumerate(ds.descriptions, start=1):
-        if d == "rarity":
-            return i
+    band = band_of(ds.descriptions)
+    if band is not None:
+        return band
     raise InputError(f"{ds.name}: has no rarity band; score the tile again with this rsvae version")
 
 

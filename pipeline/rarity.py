@@ -27,6 +27,20 @@ TAIL_SHARE = 0.01
 MIN_TAIL_COUNT = 10
 
 
+#: Name (band description) of the rarity band in score rasters.
+BAND = "rarity"
+#: Top of the colour scale in pictures of rarity (higher values are drawn as this).
+PICTURE_MAX = 8.0
+
+
+def band_of(descriptions: tuple[str | None, ...] | list[str | None]) -> int | None:
+    """The 1-based index of the rarity band among a raster's band descriptions, or None."""
+    for i, d in enumerate(descriptions, start=1):
+        if d == BAND:
+            return i
+    return None
+
+
 @dataclass(frozen=True)
 class Tail:
     """Exponential tail beyond the anchor: share above s = share · exp(−(s − anchor) / scale)."""

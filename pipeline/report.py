@@ -203,17 +203,30 @@ def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_cs
     return rows
 
 
-def quicklook(scores: str | Path, path: str | Path, *, mask: str | Path | None = None, band: int = 1,
+def quicklook(scores: str | Path, path: str | Path, *, mask: str | Path | None = None, band: int | None = None,
               max_size: int = 1024, title: str | None = None) -> Path:
-    """A PNG of a score raster's band: percentile stretch, nodata grey, flagged mask pixels outlined."""
+    """A PNG of a score raster's band: nodata grey, flagged mask pixels outlined.
+
+    The rarity band (the default where the raster has one) on its fixed scale, 0 to ``rarity.PICTURE_MAX``, so a
+    target of rarity 8 stands out of a background at 0-2; any other band in a 2-99.9 % percentile stretch.
+    """
     import matplotlib
 
+    from pipeline.rarity import PICTURE_MAX, band_of
+    from pipeline.raster import describe
+
+    rarity_band = band_of(describe(scores).descriptions)
+    band = band if band is not None else (rarity_band or 1)
     data = read_preview(scores, band, max_size)
     values = data.compressed()
     fig = _figure(6, 5.4)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="#bbbbbb")
-    if values.size:
+    if values.size and band == rarity_band:
+        im = ax.imshow(data.astype(np.float32), cmap=cmap, vmin=0.0, vmax=PICTURE_MAX, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, extend="max",
+                     label="rarity (-log10 share of normal pixels as high)")
+    elif values.size:
         lo, hi = np.percentile(values, [2.0, 99.9])
         hi = hi if hi > lo else lo + 1.0
         im = ax.imshow(data.astype(np.float32), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
