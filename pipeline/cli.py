@@ -365,14 +365,17 @@ def evaluate(scores: str, truth: str, output: str | None, plots: str | None, qui
 @click.argument("metrics", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--mask", "masks", multiple=True, type=click.Path(dir_okay=False),
               help="Anomaly mask of a tile (from `rsvae score --mask-out`); repeat for each tile.")
+@click.option("--detections", "detections", multiple=True, type=click.Path(dir_okay=False),
+              help="Detections of a tile (from `rsvae detect`); repeat for each tile.")
 @click.option("--model", type=click.Path(), help="Model folder whose training curve to plot.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | None, output: str,
-              html_out: str | None, plot: str | None, quiet: bool) -> None:
-    """Tabulate every tile's results: pixels flagged in its mask and its METRICS (from `rsvae evaluate -o`).
+def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tuple[str, ...], model: str | None,
+              output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
+    """Tabulate every tile's results: pixels flagged in its mask, its detections (count, count at rarity >= 4,
+    top rarity) and its METRICS (from `rsvae evaluate -o`).
 
     One row per tile (the file name without extension); tiles without truth have empty metric cells.
 
@@ -383,7 +386,7 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | Non
     """
     from pipeline.report import summarize as run
 
-    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out)
+    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out, detections=detections)
     say(quiet, f"wrote {output} ({len(rows)} tiles)" + (f" and {plot}" if plot else ""))
 
 

@@ -69,10 +69,26 @@ def mask_counts(path: str | Path) -> dict[str, int]:
     return {"valid_pixels": valid, "flagged_pixels": flagged}
 
 
-def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
-    """One row per tile: pixels flagged in its mask and its metrics against truth, where each exists."""
+#: Rarity from which a detection counts in the table's ``detections_rarity_ge_4`` column.
+STRONG_RARITY = 4.0
+
+
+def detection_counts(path: str | Path) -> dict[str, Any]:
+    """A tile's detections: how many, how many at rarity ≥ 4, and the top one's peak rarity (None if none)."""
+    from pipeline.detections import read
+
+    rows = read(path)[0]
+    peaks = [float(r["peak_rarity"]) for r in rows]
+    return {"detections": len(peaks), "detections_rarity_ge_4": sum(p >= STRONG_RARITY for p in peaks),
+            "top_rarity": max(peaks) if peaks else None}
+
+
+def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path] = (),
+                  detections: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """One row per tile: pixels flagged in its mask, its detections and its metrics against truth, where each
+    exists."""
     rows: dict[str, dict[str, Any]] = {}
-    for kind, paths in (("mask", masks), ("metrics", metrics)):
+    for kind, paths in (("mask", masks), ("detections", detections), ("metrics", metrics)):
         seen: set[str] = set()
         for p in paths:
             tile = tile_name(p)
@@ -80,7 +96,9 @@ def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path
                 raise InputError(f"{p}: a second {kind} file for tile {tile!r}; tile names must be unique")
             seen.add(tile)
             row = rows.setdefault(tile, {"tile": tile})
-            if kind == "mask":
+            if kind == "detections":
+                row.update(detection_counts(p))
+            elif kind == "mask":
                 counts = mask_counts(p)
                 row.update(counts)
                 row["flagged_fraction"] = counts["flagged_pixels"] / counts["valid_pixels"] \
@@ -92,7 +110,8 @@ def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     keys = {k for r in rows for k in r} - {"tile"}
-    first = [k for k in ("valid_pixels", "flagged_pixels", "flagged_fraction", *LEADING) if k in keys]
+    first = [k for k in ("valid_pixels", "flagged_pixels", "flagged_fraction", "detections",
+                         "detections_rarity_ge_4", "top_rarity", *LEADING) if k in keys]
     return ["tile", *first, *sorted(keys - set(first))]
 
 
@@ -179,7 +198,9 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table>
-<p>Empty cells: no truth raster for that tile (metrics) or no mask.</p></body></html>
+<p>Empty cells: no truth raster for that tile (metrics), no mask, or no detection (top_rarity).
+detections: groups of rare pixels (`rsvae detect`); detections_rarity_ge_4: those whose peak is rarer than one
+normal pixel in 10 000.</p></body></html>
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
@@ -188,13 +209,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
 
 def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_csv: str | Path, *,
               model: str | Path | None = None, plot: str | Path | None = None,
-              out_html: str | Path | None = None) -> list[dict[str, Any]]:
+              out_html: str | Path | None = None, detections: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
     """Write the per-tile table (CSV, optionally HTML) and, given a model, its training curve; return the rows."""
-    if not metrics and not masks:
-        raise InputError("nothing to summarize: give metrics files and/or --mask rasters")
+    if not metrics and not masks and not detections:
+        raise InputError("nothing to summarize: give metrics files, --mask rasters and/or --detections files")
     if plot is not None and model is None:
         raise InputError(f"{plot}: a training curve needs --model")
-    rows = metrics_table(metrics, masks)
+    rows = metrics_table(metrics, masks, detections)
     write_csv(rows, out_csv)
     if out_html is not None:
         write_html(rows, out_html, model)
