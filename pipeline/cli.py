@@ -294,7 +294,7 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
 @click.argument("model", type=click.Path())
 @click.argument("tile", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Score raster to write (float32 COG; bands score, reconstruction, kl).")
+              help="Score raster to write (float32 COG; bands score, reconstruction, kl, rarity; a QGIS .qml beside it).")
 @click.option("--mask-out", type=click.Path(dir_okay=False), help="Also write a uint8 anomaly mask (needs --fpr).")
 @click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
 @click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
