@@ -68,7 +68,7 @@ def test_old_model_folder_still_scores_rarity(model_dir, tmp_path):
     new_det, old_det = load_detector(model_dir), load_detector(old)
     values = np.asarray(meta["calibration"]["values"])
     body = np.linspace(values[0], np.quantile(values, 0.5), 50)  # below the tail's anchor: the same quantiles
-    np.testing.assert_array_equal(old_det.rarity_table()(body), new_det.rarity_table()(body))
+    np.testing.assert_allclose(old_det.rarity_table()(body), new_det.rarity_table()(body), atol=1e-3)
     far = np.linspace(values[-1], 10 * values[-1], 50)  # beyond: the tail from the stored quantiles
     r = old_det.rarity_table()(far)
     assert np.isfinite(r).all() and (np.diff(r) >= 0).all() and r[0] >= 2 and r[-1] <= rarity.CAP
@@ -89,3 +89,12 @@ def test_calibrate_stores_the_tail():
     Detector.calibrate(holder, np.random.default_rng(4).exponential(1.0, 10_000))
     tail = holder.meta["calibration"]["tail"]
     assert tail["model"] == "exponential" and tail["cap"] == rarity.CAP and 0.9 < tail["scale"] < 1.1
+
+
+def test_the_fast_lookup_follows_the_curve():
+    rng = np.random.default_rng(5)
+    t = rarity.table(_calibration(rng.chisquare(8, 20_000)))
+    s = np.concatenate([rng.chisquare(8, 100_000), rng.uniform(0, 3 * t.scores[-1], 10_000), t.scores]).astype(
+        np.float32)
+    np.testing.assert_allclose(t(s), t.exact(s), atol=1e-4)
+    assert t(np.float32([t.scores[-1], 1e20])).tolist() == [rarity.CAP, rarity.CAP]
