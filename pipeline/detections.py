@@ -3,10 +3,11 @@
 A pixel is flagged when its rarity (the score raster's ``rarity`` band) reaches a threshold; every 8-connected group
 of flagged pixels is one detection. The raster is read window by window: each window is labelled on its own
 (``scipy.ndimage.label``), labels touching across a window seam are joined (union-find over the last row of the
-window row above and the last column of the window to the left), and per-group statistics are accumulated. Memory
-grows with the number of groups, plus one row of labels the raster's width, not with the raster's size. Polygons
-are then traced per kept group from its bounding box (``rasterio.features.shapes``), and written with pyogrio
-(GeoPackage, GeoJSON or FlatGeobuf by extension).
+window row above and the last column of the window to the left), and per-group statistics and pixel coordinates
+are accumulated. Memory grows with the groups and their pixels (8 bytes a flagged pixel), plus one row of labels the
+raster's width, not with the raster's size. Polygons are then traced per kept group from its pixels on its bounding
+box (``rasterio.features.shapes``, no second read of the raster), and written with pyogrio (GeoPackage, GeoJSON or
+FlatGeobuf by extension).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class _Group:
     peak_row: int
     peak_col: int
     bbox: list[int]  # row0, col0, row1, col1 (exclusive)
+    cells: list[np.ndarray]  # (2, n) int32 rows and columns of its pixels, one array per window part
 
     def absorb(self, other: _Group) -> None:
         """Add another part of the same group."""
@@ -68,6 +70,7 @@ class _Group:
             self.peak_row, self.peak_col = other.peak_row, other.peak_col
         b, o = self.bbox, other.bbox
         self.bbox = [min(b[0], o[0]), min(b[1], o[1]), max(b[2], o[2]), max(b[3], o[3])]
+        self.cells.extend(other.cells)
 
 
 class _UnionFind:
@@ -187,33 +190,35 @@ def find_groups(path: str | Path, min_rarity: float, window: int = WINDOW) -> tu
 
 def _accumulate(parts: dict[int, _Group], lab: np.ndarray, k: int, first: int, rar: np.ndarray,
                 score: np.ndarray, r0: int, c0: int) -> None:
-    """Per-label statistics of one window, stored under global ids ``first`` ... ``first + k - 1``."""
+    """Per-label statistics and pixels of one window, stored under global ids ``first`` ... ``first + k - 1``."""
     from scipy import ndimage
 
     idx = np.arange(1, k + 1)
     counts = np.bincount(lab.ravel(), minlength=k + 1)[1:]
     sums = np.bincount(lab.ravel(), weights=rar.ravel().astype(np.float64), minlength=k + 1)[1:]
     peaks = ndimage.maximum_position(score, lab, idx)
+    rows, cols = np.nonzero(lab)
+    order = np.argsort(lab[rows, cols], kind="stable")
+    cells = np.split(np.stack([rows[order] + r0, cols[order] + c0]).astype(np.int32), np.cumsum(counts)[:-1], axis=1)
     for j, (sl, (pr, pc)) in enumerate(zip(ndimage.find_objects(lab), peaks, strict=True)):
         parts[first + j] = _Group(int(counts[j]), float(sums[j]), float(score[pr, pc]), float(rar[pr, pc]),
                                   r0 + int(pr), c0 + int(pc),
-                                  [r0 + sl[0].start, c0 + sl[1].start, r0 + sl[0].stop, c0 + sl[1].stop])
+                                  [r0 + sl[0].start, c0 + sl[1].start, r0 + sl[0].stop, c0 + sl[1].stop],
+                                  [cells[j].copy()])
 
 
-def _outline(ds: Any, band: int, group: _Group, min_rarity: float) -> Any:
-    """The group's polygon (a shapely MultiPolygon in the raster's CRS), traced from its bounding box."""
+def _outline(group: _Group, transform: Any) -> Any:
+    """The group's polygon (a shapely MultiPolygon in the raster's CRS), traced from its pixels on its bounding box."""
     import shapely
     from rasterio.features import shapes
-    from scipy import ndimage
+    from rasterio.transform import Affine
 
     r0, c0, r1, c1 = group.bbox
-    win = Window(c0, r0, c1 - c0, r1 - r0)
-    rar = ds.read(band, window=win, masked=True)
-    flag = ~np.ma.getmaskarray(rar) & (rar.filled(-np.inf) >= min_rarity)
-    lab, _ = ndimage.label(flag, structure=np.ones((3, 3), bool))
-    mine = lab == lab[group.peak_row - r0, group.peak_col - c0]
+    mine = np.zeros((r1 - r0, c1 - c0), bool)
+    for part in group.cells:
+        mine[part[0] - r0, part[1] - c0] = True
     polys = [shapely.geometry.shape(geom) for geom, _ in
-             shapes(mine.astype(np.uint8), mask=mine, connectivity=8, transform=ds.window_transform(win))]
+             shapes(mine.view(np.uint8), mask=mine, connectivity=8, transform=transform * Affine.translation(c0, r0))]
     merged = shapely.union_all(polys) if len(polys) > 1 else polys[0]
     return merged if merged.geom_type == "MultiPolygon" else shapely.MultiPolygon([merged])
 
@@ -254,9 +259,7 @@ def detect(scores: str | Path, out: str | Path, *, min_rarity: float | None = No
         lon, lat = warp(info["crs"], "EPSG:4326", xs, ys)
     else:
         lon = lat = [math.nan] * len(groups)
-    with open_raster(scores) as ds:
-        band = rarity_band(ds)
-        geoms = [_outline(ds, band, g, threshold) for g in groups]
+    geoms = [_outline(g, t) for g in groups]
     rows = [{"tile": info["tile"], "rank": i + 1, "pixels": g.pixels,
              "area_m2": g.pixels * _pixel_area(info, la), "peak_rarity": g.peak_rarity,
              "mean_rarity": g.rarity_sum / g.pixels, "peak_score": g.peak_score, "peak_row": g.peak_row,
