@@ -323,7 +323,7 @@ def read(path: str | Path) -> tuple[list[dict[str, Any]], np.ndarray, str | None
         raise InputError(f"{path}: cannot read detections ({exc})") from None
     names = list(meta["fields"])
     missing = [n for n, _ in FIELDS if n not in names]
-    if missing:
+    if missing and len(wkb):  # an empty GeoJSON has no fields to read back: it is an empty detections file
         raise InputError(f"{path}: not an rsvae detections layer (missing {', '.join(missing)})")
     rows = [{n: _plain(data[names.index(n)][i]) for n, _ in FIELDS} for i in range(len(wkb))]
     md = (layer_meta.get("layer_metadata") or {}) if isinstance(layer_meta, dict) else {}
