@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import InputError, ModelError, RsvaeWarning
+from pipeline.errors import InputError, RsvaeWarning
 from pipeline.raster import (
     Block,
     BlockReader,
@@ -150,25 +150,22 @@ def score_raster(
 
 
 def rarity_of(detector: Detector) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The score -> rarity lookup a score raster's last band is written with.
+    """The score -> rarity lookup the score raster's last band is written with.
 
-    ``_NO_RARITY`` (no band) for adapters whose first output is not an anomaly score (latent features); None
+    ``_NO_RARITY`` (no such band) for adapters whose first output is not an anomaly score (latent features); None
     (a band of nodata, with a warning) for a detector without calibration (local RX).
     """
     if not detector.outputs or detector.outputs[0] != "score" or not hasattr(detector, "rarity_table"):
         return _NO_RARITY
-    try:
-        return detector.rarity_table()
-    except ModelError:
-        if detector.meta.get("calibration"):
-            raise
+    if not detector.meta.get("calibration"):
         warnings.warn(f"{detector.kind} model has no calibration of held-out scores: the rarity band is nodata",
                       RsvaeWarning, stacklevel=3)
         return None
+    return detector.rarity_table()
 
 
 def _no_rarity(scores: np.ndarray) -> np.ndarray:
-    """Placeholder: this detector's rasters carry no rarity band."""
+    """A marker, never called: the detector's rasters carry no rarity band."""
     raise AssertionError("no rarity band")
 
 
