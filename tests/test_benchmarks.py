@@ -18,3 +18,13 @@ def test_throughput_benchmark_smoke(tmp_path, capsys, monkeypatch):
         assert needle in out, needle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_256x256x8.tif"]  # the cached raster, reused
     del sys.modules["throughput"]
+
+
+def test_detect_memory_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import detect_memory
+
+    assert detect_memory.main(["--sizes", "300", "--blobs", "4", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "peak RSS MiB" in out and out.count("wrote ") == 2
+    del sys.modules["detect_memory"]
