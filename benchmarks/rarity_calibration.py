@@ -1,6 +1,8 @@
 """Is rarity calibrated, and do the detections hold the targets? Prints both checks of issue 13.
 
-1. Calibration: `rsvae synth --tiles-normal 6`, train (default settings) on the first four normal tiles, score the
+Settings: configs/config.yaml (what `snakemake -c2` runs).
+
+1. Calibration: `rsvae synth --tiles-normal 6`, train on the first four normal tiles, score the
    last two (normal ground the model never saw): the share of pixels with rarity >= 2 and >= 3 must lie within a
    factor 2 of 1 % and 0.1 %.
 2. Targets: on the default demo (4 normal tiles, 2 test tiles of 12 targets each), train, score and detect with
@@ -29,7 +31,7 @@ def _train(normal: list[Path], folder: Path) -> Path:
     from pipeline.sample import ingest
     from pipeline.training import train
 
-    config = load_config()
+    config = load_config(ROOT / "configs" / "config.yaml")  # the workflow's settings: "the default demo"
     sample = ingest(normal, folder / "sample.nc", max_pixels=config["ingest"]["max_pixels"], seed=0)
     train(sample, folder / "model", config["train"], config=config)
     return folder / "model"
