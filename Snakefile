@@ -1,5 +1,6 @@
 # rsvae workflow: demo data -> ingest (one job per normal tile) -> merge -> train -> score (one job per
-# target tile) -> quicklooks, evaluate (one job per tile with truth) -> summary, and an HTML report.
+# target tile) -> quicklooks, detections, evaluate (one job per tile with truth) -> summary, merged detections
+# and their review page, and an HTML report.
 #
 #   snakemake -c2                                   the demo, on a laptop
 #   snakemake -c8 --configfile my.yaml              your own tiles (copy configs/config.yaml)
@@ -66,4 +67,6 @@ rule all:
         f"{R}/summary.csv",
         f"{R}/summary.html",
         f"{R}/training_curve.png",
+        f"{R}/detections.gpkg",
+        f"{R}/review.html",
     default_target: True

@@ -294,7 +294,7 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
 @click.argument("model", type=click.Path())
 @click.argument("tile", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Score raster to write (float32 COG; bands score, reconstruction, kl).")
+              help="Score raster to write (float32 COG; bands score, reconstruction, kl, rarity; a QGIS .qml beside it).")
 @click.option("--mask-out", type=click.Path(dir_okay=False), help="Also write a uint8 anomaly mask (needs --fpr).")
 @click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
 @click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
@@ -365,14 +365,17 @@ def evaluate(scores: str, truth: str, output: str | None, plots: str | None, qui
 @click.argument("metrics", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--mask", "masks", multiple=True, type=click.Path(dir_okay=False),
               help="Anomaly mask of a tile (from `rsvae score --mask-out`); repeat for each tile.")
+@click.option("--detections", "detections", multiple=True, type=click.Path(dir_okay=False),
+              help="Detections of a tile (from `rsvae detect`); repeat for each tile.")
 @click.option("--model", type=click.Path(), help="Model folder whose training curve to plot.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | None, output: str,
-              html_out: str | None, plot: str | None, quiet: bool) -> None:
-    """Tabulate every tile's results: pixels flagged in its mask and its METRICS (from `rsvae evaluate -o`).
+def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tuple[str, ...], model: str | None,
+              output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
+    """Tabulate every tile's results: pixels flagged in its mask, its detections (count, count at rarity >= 4,
+    top rarity) and its METRICS (from `rsvae evaluate -o`).
 
     One row per tile (the file name without extension); tiles without truth have empty metric cells.
 
@@ -383,7 +386,7 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | Non
     """
     from pipeline.report import summarize as run
 
-    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out)
+    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out, detections=detections)
     say(quiet, f"wrote {output} ({len(rows)} tiles)" + (f" and {plot}" if plot else ""))
 
 
@@ -391,11 +394,11 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | Non
 @click.argument("scores", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--mask", type=click.Path(dir_okay=False), help="Anomaly mask to overlay (flagged pixels in cyan).")
-@click.option("--band", type=int, default=1, show_default=True, help="Band of SCORES to show.")
+@click.option("--band", type=int, help="Band of SCORES to show.  [default: rarity, else 1]")
 @click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: int, quiet: bool) -> None:
-    """Draw a PNG quicklook of a SCORES raster (a percentile stretch; nodata grey).
+def quicklook(scores: str, output: str, mask: str | None, band: int | None, max_size: int, quiet: bool) -> None:
+    """Draw a PNG quicklook of a SCORES raster (rarity on a fixed 0-8 scale, other bands stretched; nodata grey).
 
     \b
     Example:
@@ -407,6 +410,80 @@ def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: i
         raise click.BadParameter("must be at least 16", param_hint="--max-size")
     draw(scores, output, mask=mask, band=band, max_size=max_size)
     say(quiet, f"wrote {output}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("scores", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Detections to write: .gpkg (with a QGIS style), .geojson or .fgb.")
+@click.option("--min-rarity", type=float,
+              help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).  [default: 5]")
+@click.option("--fpr", type=float, help="Or: false-alarm rate per pixel (--fpr 1e-5 is --min-rarity 5).")
+@click.option("--min-pixels", type=int, help="Smallest group of flagged pixels kept.  [default: 1]")
+@common
+def detect(scores: str, output: str, min_rarity: float | None, fpr: float | None, min_pixels: int | None,
+           config_path: str | None, quiet: bool) -> None:
+    """Turn a SCORES raster into ranked detections: one polygon per 8-connected group of rare pixels.
+
+    Attributes: tile, rank (1 = highest peak rarity), pixels, area_m2, peak_rarity, mean_rarity, peak_score,
+    peak_row, peak_col (from 0), peak_x, peak_y (the raster's CRS), lon, lat (WGS84).
+
+    \b
+    Example:
+      rsvae detect results/scores/tile_000.tif -o results/detections/tile_000.gpkg --min-rarity 5
+    """
+    from pipeline.detections import detect as run
+    from pipeline.errors import InputError
+
+    if min_rarity is not None and fpr is not None:
+        raise InputError("give --min-rarity or --fpr, not both")
+    s, _ = settings(config_path, "detect", min_rarity=min_rarity, min_pixels=min_pixels)
+    n = run(scores, output, min_rarity=None if fpr is not None else s["min_rarity"], fpr=fpr,
+            min_pixels=s["min_pixels"])
+    say(quiet, f"wrote {output}: {n} detections")
+
+
+@cli.command("merge-detections", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Merged detections (.gpkg, .geojson or .fgb).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+def merge_detections(inputs: tuple[str, ...], output: str, quiet: bool) -> None:
+    """Merge per-tile detection files into one layer, ranked again across all tiles.
+
+    \b
+    Example:
+      rsvae merge-detections results/detections/*.gpkg -o results/detections.gpkg
+    """
+    from pipeline.detections import merge
+
+    n = merge(inputs, output)
+    say(quiet, f"wrote {output}: {n} detections from {len(inputs)} files")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("detections", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML page to write.")
+@click.option("--tile", "tiles", multiple=True, type=click.Path(dir_okay=False),
+              help="Input tile of the detections (default: the path recorded when scoring); repeat per tile.")
+@click.option("-n", "--count", type=int, help="Detections to show, highest ranked first.  [default: 50]")
+@common
+def review(detections: str, output: str, tiles: tuple[str, ...], count: int | None, config_path: str | None,
+           quiet: bool) -> None:
+    """Build a self-contained HTML page to review the highest-ranked DETECTIONS.
+
+    For each: a colour chip of the input around it with its outline, its spectrum against the spectra around it
+    (mean and 5-95 %), and its attributes.
+
+    \b
+    Example:
+      rsvae review results/detections.gpkg -o review.html
+    """
+    from pipeline.review import write_review
+
+    s, _ = settings(config_path, "detect", review=count)
+    n = write_review(detections, output, tiles=tiles, count=s["review"])
+    say(quiet, f"wrote {output}: {n} detections")
 
 
 @cli.command(context_settings=CONTEXT)

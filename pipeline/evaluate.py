@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
+from pipeline.rarity import CAP, PICTURE_MAX, band_of
 from pipeline.raster import info_of, open_raster
 
 FALSE_ALARM_RATES = (1e-3, 1e-2)
@@ -99,7 +100,7 @@ def _save(fig: Any, path: Path) -> str:
 
 def write_plots(scores_path: str | Path, truth_path: str | Path, scores: np.ndarray, labels: np.ndarray,
                 folder: str | Path) -> dict[str, str]:
-    """ROC curve (log false-alarm axis), score quicklook beside the truth, score histograms; PNG files."""
+    """ROC curve (log false-alarm axis), rarity (else score) picture beside the truth and histograms; PNG files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,13 +124,19 @@ def write_plots(scores_path: str | Path, truth_path: str | Path, scores: np.ndar
     plt.close(fig)
 
     with open_raster(scores_path) as s, open_raster(truth_path) as t:
-        img = s.read(1, masked=True).astype(np.float64)
+        rb = band_of(s.descriptions)
+        img = s.read(rb or 1, masked=True).astype(np.float64)
         truth = t.read(1)
-    lo, hi = np.percentile(scores, [2, 99.5])
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    im = axes[0].imshow(img, vmin=lo, vmax=hi, cmap="magma", interpolation="nearest")
-    axes[0].set_title("score")
-    fig.colorbar(im, ax=axes[0], fraction=0.046)
+    if rb:
+        im = axes[0].imshow(img, vmin=0.0, vmax=PICTURE_MAX, cmap="magma", interpolation="nearest")
+        axes[0].set_title("rarity")
+        fig.colorbar(im, ax=axes[0], fraction=0.046, extend="max")
+    else:
+        lo, hi = np.percentile(scores, [2, 99.5])
+        im = axes[0].imshow(img, vmin=lo, vmax=hi, cmap="magma", interpolation="nearest")
+        axes[0].set_title("score")
+        fig.colorbar(im, ax=axes[0], fraction=0.046)
     axes[1].imshow(truth, cmap="gray", interpolation="nearest")
     axes[1].set_title("truth")
     for a in axes:
@@ -139,12 +146,19 @@ def write_plots(scores_path: str | Path, truth_path: str | Path, scores: np.ndar
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    top = max(np.percentile(scores[~labels], 99.99), np.percentile(scores[labels], 99))
-    bins = np.linspace(scores.min(), top, 80)
-    ax.hist(scores[~labels], bins=bins, density=True, alpha=0.6, label="background")
-    ax.hist(scores[labels], bins=bins, density=True, alpha=0.6, label="anomaly")
+    if rb:  # on the rarity scale: background at 0-2 whatever the model, targets far to the right
+        values, which = read_pair(scores_path, truth_path, band=rb)
+        bins = np.linspace(0.0, CAP, 97)
+        xlabel = "rarity (-log10 share of normal pixels as high)"
+    else:
+        values, which = scores, labels
+        top = max(np.percentile(scores[~labels], 99.99), np.percentile(scores[labels], 99))
+        bins = np.linspace(scores.min(), top, 80)
+        xlabel = "score"
+    ax.hist(values[~which], bins=bins, density=True, alpha=0.6, label="background")
+    ax.hist(values[which], bins=bins, density=True, alpha=0.6, label="anomaly")
     ax.set_yscale("log")
-    ax.set_xlabel("score")
+    ax.set_xlabel(xlabel)
     ax.legend()
     out["histogram"] = _save(fig, folder / f"{stem}_histogram.png")
     plt.close(fig)

@@ -69,10 +69,26 @@ def mask_counts(path: str | Path) -> dict[str, int]:
     return {"valid_pixels": valid, "flagged_pixels": flagged}
 
 
-def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
-    """One row per tile: pixels flagged in its mask and its metrics against truth, where each exists."""
+#: Rarity from which a detection counts in the table's ``detections_rarity_ge_4`` column.
+STRONG_RARITY = 4.0
+
+
+def detection_counts(path: str | Path) -> dict[str, Any]:
+    """A tile's detections: how many, how many at rarity ≥ 4, and the top one's peak rarity (None if none)."""
+    from pipeline.detections import read
+
+    rows = read(path)[0]
+    peaks = [float(r["peak_rarity"]) for r in rows]
+    return {"detections": len(peaks), "detections_rarity_ge_4": sum(p >= STRONG_RARITY for p in peaks),
+            "top_rarity": max(peaks) if peaks else None}
+
+
+def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path] = (),
+                  detections: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """One row per tile: pixels flagged in its mask, its detections and its metrics against truth, where each
+    exists."""
     rows: dict[str, dict[str, Any]] = {}
-    for kind, paths in (("mask", masks), ("metrics", metrics)):
+    for kind, paths in (("mask", masks), ("detections", detections), ("metrics", metrics)):
         seen: set[str] = set()
         for p in paths:
             tile = tile_name(p)
@@ -80,7 +96,9 @@ def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path
                 raise InputError(f"{p}: a second {kind} file for tile {tile!r}; tile names must be unique")
             seen.add(tile)
             row = rows.setdefault(tile, {"tile": tile})
-            if kind == "mask":
+            if kind == "detections":
+                row.update(detection_counts(p))
+            elif kind == "mask":
                 counts = mask_counts(p)
                 row.update(counts)
                 row["flagged_fraction"] = counts["flagged_pixels"] / counts["valid_pixels"] \
@@ -92,7 +110,8 @@ def metrics_table(metrics: Sequence[str | Path] = (), masks: Sequence[str | Path
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     keys = {k for r in rows for k in r} - {"tile"}
-    first = [k for k in ("valid_pixels", "flagged_pixels", "flagged_fraction", *LEADING) if k in keys]
+    first = [k for k in ("valid_pixels", "flagged_pixels", "flagged_fraction", "detections",
+                         "detections_rarity_ge_4", "top_rarity", *LEADING) if k in keys]
     return ["tile", *first, *sorted(keys - set(first))]
 
 
@@ -179,7 +198,9 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table>
-<p>Empty cells: no truth raster for that tile (metrics) or no mask.</p></body></html>
+<p>Empty cells: no truth raster for that tile (metrics), no mask, or no detection (top_rarity).
+detections: groups of rare pixels (`rsvae detect`); detections_rarity_ge_4: those whose peak is rarer than one
+normal pixel in 10 000.</p></body></html>
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
@@ -188,13 +209,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
 
 def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_csv: str | Path, *,
               model: str | Path | None = None, plot: str | Path | None = None,
-              out_html: str | Path | None = None) -> list[dict[str, Any]]:
+              out_html: str | Path | None = None, detections: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
     """Write the per-tile table (CSV, optionally HTML) and, given a model, its training curve; return the rows."""
-    if not metrics and not masks:
-        raise InputError("nothing to summarize: give metrics files and/or --mask rasters")
+    if not metrics and not masks and not detections:
+        raise InputError("nothing to summarize: give metrics files, --mask rasters and/or --detections files")
     if plot is not None and model is None:
         raise InputError(f"{plot}: a training curve needs --model")
-    rows = metrics_table(metrics, masks)
+    rows = metrics_table(metrics, masks, detections)
     write_csv(rows, out_csv)
     if out_html is not None:
         write_html(rows, out_html, model)
@@ -203,17 +224,30 @@ def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_cs
     return rows
 
 
-def quicklook(scores: str | Path, path: str | Path, *, mask: str | Path | None = None, band: int = 1,
+def quicklook(scores: str | Path, path: str | Path, *, mask: str | Path | None = None, band: int | None = None,
               max_size: int = 1024, title: str | None = None) -> Path:
-    """A PNG of a score raster's band: percentile stretch, nodata grey, flagged mask pixels outlined."""
+    """A PNG of a score raster's band: nodata grey, flagged mask pixels outlined.
+
+    The rarity band (the default where the raster has one) on its fixed scale, 0 to ``rarity.PICTURE_MAX``, so a
+    target of rarity 8 stands out of a background at 0-2; any other band in a 2-99.9 % percentile stretch.
+    """
     import matplotlib
 
+    from pipeline.rarity import PICTURE_MAX, band_of
+    from pipeline.raster import describe
+
+    rarity_band = band_of(describe(scores).descriptions)
+    band = band if band is not None else (rarity_band or 1)
     data = read_preview(scores, band, max_size)
     values = data.compressed()
     fig = _figure(6, 5.4)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="#bbbbbb")
-    if values.size:
+    if values.size and band == rarity_band:
+        im = ax.imshow(data.astype(np.float32), cmap=cmap, vmin=0.0, vmax=PICTURE_MAX, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, extend="max",
+                     label="rarity (-log10 share of normal pixels as high)")
+    elif values.size:
         lo, hi = np.percentile(values, [2.0, 99.9])
         hi = hi if hi > lo else lo + 1.0
         im = ax.imshow(data.astype(np.float32), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")

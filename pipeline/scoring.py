@@ -33,6 +33,7 @@ from pipeline.raster import (
     tile_name,
     writer_like,
 )
+from pipeline.styles import write_raster_qml
 
 if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
     from pipeline.detectors.base import Detector
@@ -99,6 +100,8 @@ def score_raster(
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
+    to_rarity = rarity_of(detector)
+    names = list(detector.outputs) + (["rarity"] if to_rarity is not _NO_RARITY else [])
     with open_raster(tile) as ds:
         info = info_of(ds)
         detector.check_bands(info.count, str(tile))
@@ -107,14 +110,14 @@ def score_raster(
     nodata = output_nodata(info)
     origin = getattr(detector, "origin", {})
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
-            "rsvae_detector": detector.kind, "rsvae_input": file_name(tile)}
+            "rsvae_detector": detector.kind, "rsvae_input": file_name(tile), "rsvae_input_path": str(tile)}
     valid_total = flagged = 0
     writers: list[RasterWriter] = []
     try:
         with contextlib.ExitStack() as stack:
             # held: the score raster and its mask are renamed into place together, once both are complete
-            writers.append(stack.enter_context(writer_like(info, out, len(detector.outputs), "float32", nodata,
-                                                       descriptions=list(detector.outputs), tags=tags, hold=True)))
+            writers.append(stack.enter_context(writer_like(info, out, len(names), "float32", nodata,
+                                                       descriptions=names, tags=tags, hold=True)))
             if mask_out is not None:
                 writers.append(stack.enter_context(writer_like(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
@@ -124,7 +127,7 @@ def score_raster(
                                                      threads=readers))
             sink = stack.enter_context(BlockWriter(writers))
             for block in blocks:
-                scores, valid = score_block(detector, block, nodata, options)
+                scores, valid = score_block(detector, block, nodata, options, to_rarity)
                 n = int(valid.sum())
                 if mask_out is None:
                     sink.write(block.window, scores)
@@ -145,14 +148,42 @@ def score_raster(
             w.discard()
         raise
     commit_together(writers)
+    if "rarity" in names:
+        write_raster_qml(out, names.index("rarity") + 1)
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
                         threshold, flagged if mask_out is not None else None,
                         finish_seconds=sum(w.finish_seconds for w in writers))
 
 
-def score_block(detector: Detector, block: Block, nodata: float,
-                options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def rarity_of(detector: Detector) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The score -> rarity lookup the score raster's last band is written with.
+
+    ``_NO_RARITY`` (no such band) for adapters whose first output is not an anomaly score (latent features); None
+    (a band of nodata, with a warning) for a detector without calibration (local RX).
+    """
+    if not detector.outputs or detector.outputs[0] != "score" or not hasattr(detector, "rarity_table"):
+        return _NO_RARITY
+    if not detector.meta.get("calibration"):
+        warnings.warn(f"{detector.kind} model has no calibration of held-out scores: the rarity band is nodata",
+                      RsvaeWarning, stacklevel=3)
+        return None
+    return detector.rarity_table()
+
+
+def _no_rarity(scores: np.ndarray) -> np.ndarray:
+    """A marker, never called: the detector's rasters carry no rarity band."""
+    raise AssertionError("no rarity band")
+
+
+_NO_RARITY = _no_rarity
+
+
+def score_block(detector: Detector, block: Block, nodata: float, options: dict[str, Any],
+                to_rarity: Callable[[np.ndarray], np.ndarray] | None = _NO_RARITY) -> tuple[np.ndarray, np.ndarray]:
     """Score one block: ``(outputs (k, rows, cols) float32 with nodata where invalid, valid (rows, cols))``.
+
+    With ``to_rarity`` (see ``rarity_of``), one more band after the detector's outputs: the score's rarity (None:
+    nodata).
 
     The detector is asked, in this order, for ``score_block(data, valid)`` when it has a ``halo`` (detectors that
     need neighbours, e.g. local RX: the block comes with ``halo`` pixels of margin on every side, beyond the raster
@@ -161,7 +192,8 @@ def score_block(detector: Detector, block: Block, nodata: float,
     """
     data, valid = block.core()
     k = len(detector.outputs)
-    out = np.full((k, *valid.shape), nodata, np.float32)
+    extra = to_rarity is not _NO_RARITY
+    out = np.full((k + extra, *valid.shape), nodata, np.float32)
     if not valid.any():
         return out, valid
     halo = int(getattr(detector, "halo", 0) or 0)
@@ -170,6 +202,8 @@ def score_block(detector: Detector, block: Block, nodata: float,
         valid = valid & np.isfinite(terms["score"])
         for i, key in enumerate(detector.outputs):
             out[i][valid] = np.asarray(terms[key])[valid]
+        if extra and to_rarity is not None:
+            out[k][valid] = to_rarity(out[0][valid])
         return out, valid
     everything = bool(valid.all())
     pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
@@ -182,6 +216,11 @@ def score_block(detector: Detector, block: Block, nodata: float,
             out[i].reshape(-1)[:] = terms[key]
         else:
             out[i][valid] = terms[key]
+    if extra and to_rarity is not None:
+        if everything:
+            out[k].reshape(-1)[:] = to_rarity(out[0].reshape(-1))
+        else:
+            out[k][valid] = to_rarity(terms["score"])
     return out, valid
 
 

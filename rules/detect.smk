@@ -79,3 +79,27 @@ rule features:
         "../envs/rsvae.yaml"
     shell:
         "rsvae features {input.model} {input.tile} -o {output} --config {params.config} > {log} 2>&1"
+
+
+# Detections of each target tile: ranked polygons of rare pixels (config section `detect`), with a QGIS style.
+rule detect:
+    input:
+        scores=f"{R}/scores/{{tile}}.tif",
+    output:
+        f"{R}/detections/{{tile}}.gpkg",
+    log:
+        f"{R}/logs/detect/{{tile}}.log",
+    benchmark:
+        f"{R}/benchmarks/detect/{{tile}}.tsv"
+    params:
+        config=CFG,
+        settings=config["detect"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        **CLUSTER,
+    conda:
+        "../envs/rsvae.yaml"
+    shell:
+        "rsvae detect {input.scores} -o {output} --config {params.config} > {log} 2>&1"

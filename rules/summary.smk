@@ -50,6 +50,7 @@ rule summarize:
     input:
         metrics=expand(f"{R}/metrics/{{tile}}.json", tile=TRUTH),
         masks=expand(f"{R}/masks/{{tile}}.tif", tile=TARGETS),
+        detections=expand(f"{R}/detections/{{tile}}.gpkg", tile=TARGETS),
         model=f"{R}/model",
     output:
         table=report(
@@ -76,6 +77,7 @@ rule summarize:
         f"{R}/benchmarks/summarize.tsv"
     params:
         masks=lambda wildcards, input: " ".join(f"--mask {m}" for m in input.masks),
+        detections=lambda wildcards, input: " ".join(f"--detections {d}" for d in input.detections),
     threads: 1
     resources:
         mem_mb=2000,
@@ -84,5 +86,56 @@ rule summarize:
     conda:
         "../envs/rsvae.yaml"
     shell:
-        "rsvae summarize {input.metrics} {params.masks} --model {input.model} -o {output.table} "
+        "rsvae summarize {input.metrics} {params.masks} {params.detections} --model {input.model} -o {output.table} "
         "--html {output.html} --plot {output.curve} > {log} 2>&1"
+
+
+# Every target tile's detections in one layer, ranked across tiles, and the review page of the highest ranked.
+rule merge_detections:
+    input:
+        expand(f"{R}/detections/{{tile}}.gpkg", tile=TARGETS),
+    output:
+        f"{R}/detections.gpkg",
+    log:
+        f"{R}/logs/merge_detections.log",
+    benchmark:
+        f"{R}/benchmarks/merge_detections.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        **CLUSTER,
+    conda:
+        "../envs/rsvae.yaml"
+    shell:
+        "rsvae merge-detections {input} -o {output} > {log} 2>&1"
+
+
+rule review:
+    input:
+        detections=f"{R}/detections.gpkg",
+        tiles=[PLAN.targets[t] for t in TARGETS],
+    output:
+        report(
+            f"{R}/review.html",
+            caption="../report/review.rst",
+            category="4. Detections",
+            labels={"result": "review page"},
+        ),
+    log:
+        f"{R}/logs/review.log",
+    benchmark:
+        f"{R}/benchmarks/review.tsv"
+    params:
+        config=CFG,
+        settings=config["detect"],
+        tiles=lambda wildcards, input: " ".join(f"--tile {t}" for t in input.tiles),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        **CLUSTER,
+    conda:
+        "../envs/rsvae.yaml"
+    shell:
+        "rsvae review {input.detections} -o {output} {params.tiles} --config {params.config} > {log} 2>&1"

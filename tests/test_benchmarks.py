@@ -30,3 +30,11 @@ def test_throughput_sentinel2_case_smoke(tmp_path, capsys, monkeypatch):
                    "VRT ≥ 0.7 ×", "peak RSS of `rsvae score`"):
         assert needle in out, needle
     del sys.modules["throughput"]
+def test_detect_memory_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import detect_memory
+
+    assert detect_memory.main(["--sizes", "300", "--blobs", "4", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "peak RSS MiB" in out and out.count("wrote ") == 2
+    del sys.modules["detect_memory"]

@@ -325,4 +325,4 @@ def test_concurrent_scoring_into_one_folder(server, model_dir, demo, tmp_path):
         with rasterio.open(out.with_suffix(".mask.tif")) as m, rasterio.open(t) as src:
             assert m.read().shape[1:] == src.shape
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        {n for _, out in runs for n in (out.name, out.with_suffix(".mask.tif").name)})
+        {n for _, out in runs for n in (out.name, out.with_suffix(".qml").name, out.with_suffix(".mask.tif").name)})

@@ -176,3 +176,25 @@ def test_iter_band_visits_every_pixel_once(tmp_path):
     assert len(blocks) > 1
     assert sum(b.size for b in blocks) == 300 * 700
     assert sum(float(b.sum()) for b in blocks) == pytest.approx(float(data.sum()), rel=1e-5)
+
+
+def test_table_counts_each_tiles_detections(tmp_path, scored):
+    from pipeline.detections import detect, read
+
+    scores, mask, _ = scored
+    folder = tmp_path / "detections"
+    folder.mkdir()
+    gpkg = folder / f"{scores.stem}.gpkg"
+    n = detect(scores, gpkg, min_rarity=2.5)
+    peaks = [r["peak_rarity"] for r in read(gpkg)[0]]
+    quiet = write_tif(tmp_path / "quiet.tif", np.zeros((4, 8, 8), np.float32))
+    import rasterio
+
+    with rasterio.open(quiet, "r+") as ds:
+        ds.descriptions = ("score", "reconstruction", "kl", "rarity")
+    detect(quiet, folder / "quiet.gpkg")
+    rows = {r["tile"]: r for r in metrics_table(masks=[mask], detections=[gpkg, folder / "quiet.gpkg"])}
+    row = rows[scores.stem]
+    assert row["detections"] == n > 0 and row["flagged_pixels"] == mask_counts(mask)["flagged_pixels"]
+    assert row["detections_rarity_ge_4"] == sum(p >= 4 for p in peaks) and row["top_rarity"] == max(peaks)
+    assert rows["quiet"]["detections"] == 0 and rows["quiet"]["top_rarity"] is None

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.detectors import LRXDetector, RXDetector, load_detector
+from pipeline.errors import RsvaeWarning
 from pipeline.sample import BandStats
 from pipeline.scoring import score_raster
 from tests.conftest import write_tif
@@ -133,9 +134,11 @@ def test_halo_scoring_matches_the_whole_image(tmp_path):
     valid = (img != -9999.0).all(axis=0)
     x = img[:, valid].T
     det = LRXDetector.fit(x, [f"b{i}" for i in range(img.shape[0])], stats_of(x), settings(outer_window=9))
-    summary = score_raster(det, tile, tmp_path / "s.tif")
+    with pytest.warns(RsvaeWarning, match="no calibration of held-out scores: the rarity band is nodata"):
+        summary = score_raster(det, tile, tmp_path / "s.tif")
     with rasterio.open(tmp_path / "s.tif") as ds:
         got, nodata = ds.read(1), ds.nodata
+        assert ds.descriptions == ("score", "rarity") and (ds.read(2) == nodata).all()
     h = det.halo
     want = det.score_block(np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(valid, h))["score"]
     assert got[30, 5] == nodata and summary.valid_pixels == valid.sum()
@@ -153,7 +156,7 @@ def test_cli_train_rx_then_score(tmp_path):
         res = runner.invoke(cli, args)
         assert res.exit_code == 0, res.output
     with rasterio.open(tmp_path / "scores.tif") as ds:
-        assert ds.count == 1 and ds.descriptions == ("score",)
+        assert ds.count == 2 and ds.descriptions == ("score", "rarity")
         s = ds.read(1)
     assert np.unravel_index(np.argmax(s), s.shape) == where
     direct = RXDetector.fit(img.reshape(4, -1).T, ["a"] * 4, stats_of(img.reshape(4, -1).T.astype(np.float64)),

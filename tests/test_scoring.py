@@ -16,8 +16,8 @@ def test_georeference_nodata_and_values(model_dir, demo, tmp_path):
     summary = score_raster(det, demo.test[0], out, mask_out=mask, fpr=0.01)
     with rasterio.open(demo.test[0]) as src, rasterio.open(out) as ds, rasterio.open(mask) as m:
         assert ds.crs == src.crs and ds.transform == src.transform and ds.nodata == src.nodata
-        assert ds.count == 3 and ds.dtypes[0] == "float32"
-        assert ds.descriptions == ("score", "reconstruction", "kl")
+        assert ds.count == 4 and ds.dtypes[0] == "float32"
+        assert ds.descriptions == ("score", "reconstruction", "kl", "rarity")
         data = src.read()
         valid = (data != src.nodata).all(0)
         scores = ds.read()
@@ -27,7 +27,10 @@ def test_georeference_nodata_and_values(model_dir, demo, tmp_path):
         mk = m.read(1)
         assert (mk[~valid] == 255).all()
         assert np.array_equal(mk[valid] == 1, scores[0][valid] > summary.threshold)
+        # the rarity band is the calibration's lookup of the score band, and QGIS gets a style for it
+        np.testing.assert_array_equal(scores[3][valid], det.rarity_table()(scores[0][valid]))
     assert summary.valid_pixels == int(valid.sum())
+    assert 'band="4"' in out.with_suffix(".qml").read_text()
 
 
 def test_anomalies_score_higher(model_dir, demo, tmp_path):
@@ -97,7 +100,7 @@ def test_scores_identical_whatever_the_reader_threads(model_dir, demo, tmp_path)
         out = tmp_path / f"s{readers}.tif"
         score_raster(det, demo.test[0], out, readers=readers)
         with rasterio.open(out) as ds:
-            runs.append((ds.read(), [ds.tags(b) for b in (1, 2, 3)]))
+            runs.append((ds.read(), [ds.tags(b) for b in (1, 2, 3, 4)]))
     for data, tags in runs[1:]:
         assert np.array_equal(data, runs[0][0]) and tags == runs[0][1]
 
@@ -178,7 +181,7 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
     monkeypatch.setattr(raster.os, "replace", replace)
     det = load_detector(model_dir)
     score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
-    assert events == ["cog", "cog", "rename s.tif", "rename m.tif"]
+    assert events == ["cog", "cog", "rename s.tif", "rename m.tif", "rename s.qml"]  # the style once both are in
 
 
 def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_path, monkeypatch):

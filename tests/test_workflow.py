@@ -31,7 +31,7 @@ TINY = {
 }
 #: Jobs of the tiny demo, by rule.
 TINY_JOBS = {"demo": 1, "ingest": 2, "merge": 1, "train": 1, "score": 2, "quicklook": 2, "evaluate": 2,
-             "features": 2, "summarize": 1, "all": 1}
+             "features": 2, "detect": 2, "merge_detections": 1, "review": 1, "summarize": 1, "all": 1}
 
 
 # ---- planning (pipeline/workflow.py) ---------------------------------------------------------------------
@@ -170,7 +170,8 @@ def test_demo_runs_end_to_end_and_builds_the_report(repo):
     assert run.returncode == 0, run.stdout[-3000:]
     res, tiles = repo / "results", ["tile_000", "tile_001"]
     for t in tiles:
-        check_geotiff(res / "scores" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 3, "float32")
+        check_geotiff(res / "scores" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 4, "float32")
+        assert (res / "scores" / f"{t}.qml").is_file() and (res / "detections" / f"{t}.gpkg").is_file()
         check_geotiff(res / "masks" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 1, "uint8")
         check_geotiff(res / "features" / f"{t}.tif", repo / "demo" / "test" / f"{t}.tif", 8, "float32")
         with rasterio.open(res / "masks" / f"{t}.tif") as ds:
@@ -190,13 +191,22 @@ def test_demo_runs_end_to_end_and_builds_the_report(repo):
     summary = (res / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("tile,") and [line.split(",")[0] for line in summary[1:]] == tiles
     assert (res / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "detections" in summary[0] and "top_rarity" in summary[0]
+    from pipeline.detections import read
+
+    merged = read(res / "detections.gpkg")[0]
+    assert [r["rank"] for r in merged] == list(range(1, len(merged) + 1))
+    assert sorted(r["tile"] for r in merged) == sorted(
+        r["tile"] for t in tiles for r in read(res / "detections" / f"{t}.gpkg")[0])
+    assert "<h1>Detections" in (res / "review.html").read_text()
     # a second run has nothing to do: the written config and the params do not retrigger jobs
     again = snakemake(repo, "-n", "-c2", "--configfile", "tiny.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-2000:]
     report = snakemake(repo, "--configfile", "tiny.yaml", "--report", "results/report.html")
     assert report.returncode == 0, report.stdout[-2000:]
     html = (res / "report.html").read_text()
-    for item in ("quicklooks/tile_000.png", "tile_001_roc.png", "training_curve.png", "summary.html"):
+    for item in ("quicklooks/tile_000.png", "tile_001_roc.png", "training_curve.png", "summary.html", "review.html",
+                 "4. Detections"):
         assert item in html
 
 

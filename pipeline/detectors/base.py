@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipeline import __version__
+from pipeline import __version__, rarity
 from pipeline.errors import InputError, ModelError, OutputError
 from pipeline.files import exchange
 from pipeline.raster import make_parent
@@ -96,11 +96,17 @@ class Detector(ABC):
     def calibrate(self, scores: np.ndarray) -> None:
         """Keep quantiles of held-out normal pixels' scores, for thresholds by false-alarm rate."""
         scores = np.asarray(scores, np.float64)
+        values = np.quantile(scores, CALIBRATION_LEVELS)
         self.meta["calibration"] = {
             "levels": CALIBRATION_LEVELS.tolist(),
-            "values": np.quantile(scores, CALIBRATION_LEVELS).tolist(),
+            "values": values.tolist(),
             "n": int(scores.size),
+            "tail": rarity.fit_tail(scores, CALIBRATION_LEVELS, values).to_json(),
         }
+
+    def rarity_table(self) -> rarity.RarityTable:
+        """Score -> rarity (-log10 of the share of held-out normal pixels scoring at least as high)."""
+        return rarity.table(self.meta.get("calibration"))
 
     def threshold(self, fpr: float) -> float:
         """The score above which a fraction ``fpr`` of held-out normal pixels would be flagged."""
@@ -224,7 +230,8 @@ def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, tor
     cal = meta.get("calibration")
     if cal is not None and not _valid_calibration(cal):
         raise ModelError(f"{folder / META}: corrupted calibration (levels and values must be equal-length, "
-                         "increasing lists of numbers)")
+                         "increasing lists of numbers; a tail needs a finite anchor, a share in (0, 1] and a "
+                         "positive scale)")
     return meta, tensors
 
 
@@ -233,7 +240,12 @@ def _valid_calibration(cal: Any) -> bool:
     try:
         levels = np.asarray(cal["levels"], np.float64)
         values = np.asarray(cal["values"], np.float64)
-    except (KeyError, TypeError, ValueError):
+        tail = cal.get("tail")
+        if tail is not None:
+            anchor, share, scale = (float(tail[k]) for k in ("anchor", "share", "scale"))
+            if not (math.isfinite(anchor) and 0 < share <= 1 and math.isfinite(scale) and scale > 0):
+                return False
+    except (KeyError, TypeError, ValueError, AttributeError):
         return False
     return (levels.ndim == 1 and levels.shape == values.shape and levels.size > 1
             and bool(np.isfinite(levels).all() and np.isfinite(values).all())
