@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from pipeline.errors import InputError, OutputError
 from pipeline.files import atomic_path
 from pipeline.rarity import band_of
-from pipeline.raster import open_raster
+from pipeline.raster import open_raster, tile_name
 
 #: Default threshold: one normal pixel in 100 000 scores as high (about one false pixel per 100 000-pixel tile).
 DEFAULT_MIN_RARITY = 5.0
@@ -148,7 +148,7 @@ def find_groups(path: str | Path, min_rarity: float, window: int = WINDOW) -> tu
         rb = rarity_band(ds)
         tags = ds.tags()
         info = {"crs": ds.crs, "transform": ds.transform, "width": ds.width, "height": ds.height,
-                "tile": Path(tags.get("rsvae_input") or Path(path).name).stem,
+                "tile": tile_name(tags.get("rsvae_input_path") or tags.get("rsvae_input") or path),
                 "input": tags.get("rsvae_input_path", ""), "scores": str(path)}
         # global labels of the last row of the window row above, padded by one column on each side
         above = np.zeros(ds.width + 2, np.int64)

@@ -22,7 +22,7 @@ from pipeline.detections import FIELDS
 from pipeline.detections import read as read_detections
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
-from pipeline.raster import WindowReader, info_of, open_raster
+from pipeline.raster import WindowReader, info_of, is_dataset_name, open_raster, tile_name
 
 #: Chip half-size in pixels (the chip is up to 2·CHIP+1 pixels a side).
 CHIP = 24
@@ -102,15 +102,18 @@ def detection_figure(ds: Any, row: dict[str, Any], geometry: bytes) -> str:
 
 
 def _resolve_tiles(rows: Sequence[dict[str, Any]], sources: dict[str, Any], tiles: Sequence[str | Path],
-                   detections: Path) -> dict[str, Path]:
+                   detections: Path) -> dict[str, str | Path]:
     """Input tile path per tile name: ``--tile`` by file name, else the path recorded when scoring."""
-    given = {Path(t).stem: Path(t) for t in tiles}
-    out: dict[str, Path] = {}
+    given = {tile_name(t): t for t in tiles}
+    out: dict[str, str | Path] = {}
     for name in sorted({r["tile"] for r in rows}):
         if name in given:
             out[name] = given[name]
             continue
         recorded = (sources.get(name) or {}).get("input") or ""
+        if recorded and is_dataset_name(recorded):  # a URL or /vsi name: GDAL opens it from anywhere
+            out[name] = recorded
+            continue
         candidates = [Path(recorded), detections.parent / recorded] if recorded else []
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
