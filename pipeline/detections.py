@@ -148,7 +148,7 @@ def find_groups(path: str | Path, min_rarity: float, window: int = WINDOW) -> tu
         rb = rarity_band(ds)
         tags = ds.tags()
         info = {"crs": ds.crs, "transform": ds.transform, "width": ds.width, "height": ds.height,
-                "tile": tile_name(tags.get("rsvae_input_path") or tags.get("rsvae_input") or path),
+                "tile": tile_name(tags.get("rsvae_input") or path),
                 "input": tags.get("rsvae_input_path", ""), "scores": str(path)}
         # global labels of the last row of the window row above, padded by one column on each side
         above = np.zeros(ds.width + 2, np.int64)
