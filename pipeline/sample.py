@@ -24,7 +24,8 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.errors import InputError, OutputError
-from pipeline.raster import WindowReader, info_of, iter_windows, make_parent, open_raster
+from pipeline.files import make_parent
+from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 
