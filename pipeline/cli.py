@@ -290,12 +290,56 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
     say(quiet, f"wrote {output}: {det.kind} on {det.bands} bands{extra}")
 
 
+def one_or_many(tiles: tuple[str, ...], output: str | None, outdir: str | None, single: dict[str, Any],
+                many: dict[str, Any]) -> bool:
+    """Check the -o (one tile) / --outdir (many tiles) choice and that each extra output option fits it; True
+    for --outdir. ``single`` and ``many`` map the options of each mode (as the user spells them) to their values."""
+    if (output is None) == (outdir is None):
+        raise click.UsageError("give -o FILE (one tile) or --outdir DIR (one or more tiles)")
+    if output is not None and len(tiles) != 1:
+        raise click.UsageError(f"-o writes one tile's output; for {len(tiles)} tiles give --outdir DIR")
+    wrong = [opt for opt, value in (many if output is not None else single).items() if value is not None]
+    if wrong:
+        raise click.UsageError(f"{wrong[0]} goes with {'--outdir' if output is not None else '-o'}")
+    return outdir is not None
+
+
+def tile_reporter(quiet: bool, describe_result: Callable[[Any], str]) -> Callable[[Any], None]:
+    """``on_done`` for a many-tile command: one line per tile, an error always (named by tile), others unless -q."""
+
+    def report(outcome: Any) -> None:
+        if outcome.ok:
+            say(quiet, describe_result(outcome.result))
+            return
+        exc = outcome.error
+        text = str(exc) if isinstance(exc, RsvaeError) else f"{exc.strerror or exc}"
+        if outcome.job.tile not in text:
+            text = f"{outcome.job.tile}: {text}"
+        click.echo(f"Error: {text}", err=True)
+
+    return report
+
+
+def _score_line(summary: Any, fpr: float | None) -> str:
+    msg = (f"wrote {summary.output}: {summary.valid_pixels} of {summary.pixels} pixels scored in "
+           f"{summary.seconds:.1f} s")
+    if summary.flagged is not None:
+        msg += f"; {summary.flagged} flagged above {summary.threshold:.4g} (fpr {fpr})"
+    return msg
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
-@click.argument("tile", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Score raster to write (float32 COG; bands score, reconstruction, kl).")
-@click.option("--mask-out", type=click.Path(dir_okay=False), help="Also write a uint8 anomaly mask (needs --fpr).")
+@click.argument("tiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Score raster to write for one TILE (float32 COG; bands score, reconstruction, kl).")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="Folder for the score rasters of one or more TILES: OUTDIR/NAME.tif (NAME = tile file name "
+                   "without extension).")
+@click.option("--mask-out", type=click.Path(dir_okay=False),
+              help="With -o: also write a uint8 anomaly mask (needs --fpr).")
+@click.option("--mask-dir", type=click.Path(file_okay=False),
+              help="With --outdir: also write each tile's anomaly mask as MASK_DIR/NAME.tif (needs --fpr).")
 @click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
 @click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
 @click.option("--seed", type=int, help="Seed of the posterior samples.  [default: 0]")
@@ -303,35 +347,42 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
 @common
-def score(model: str, tile: str, output: str, mask_out: str | None, config_path: str | None, quiet: bool,
-          **opts: Any) -> None:
-    """Score every valid pixel of TILE with MODEL into a georeferenced float32 GeoTIFF.
+def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
+          mask_dir: str | None, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Score every valid pixel of each TILE with MODEL into a georeferenced float32 GeoTIFF.
 
-    Nodata, NaN and masked pixels are nodata in the output. With --mask-out and --fpr, pixels scoring above
-    the threshold at which a fraction FPR of held-out normal pixels would be flagged are 1 in the mask.
+    Nodata, NaN and masked pixels are nodata in the output. With a mask (--mask-out or --mask-dir) and --fpr,
+    pixels scoring above the threshold at which a fraction FPR of held-out normal pixels would be flagged are 1.
+
+    With --outdir, torch and the model load once for all TILES; a tile that fails is reported by name and the
+    others go on; the exit code is non-zero when any failed.
 
     \b
-    Example:
+    Examples:
       rsvae score work/model demo/test/tile_000.tif -o work/scores/tile_000.tif \\
           --mask-out work/masks/tile_000.tif --fpr 0.001
+      rsvae score work/model demo/test/*.tif --outdir work/scores --mask-dir work/masks --fpr 0.001
     """
     from pipeline.detectors import load_detector
     from pipeline.raster import check_distinct, describe
-    from pipeline.scoring import score_raster
+    from pipeline.scoring import score_raster, score_tiles
 
-    check_distinct(tile, [output, mask_out])
+    many = one_or_many(tiles, output, outdir, {"--mask-out": mask_out}, {"--mask-dir": mask_dir})
+    if not many:
+        check_distinct(tiles[0], [output, mask_out])
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
-    info = describe(tile)
+    fpr = s["fpr"] if (mask_out or mask_dir) else None
+    if many:
+        score_tiles(det, tiles, outdir, mask_dir=mask_dir, fpr=fpr, samples=s["samples"], seed=s["seed"],
+                    chunk=s["chunk"], on_done=tile_reporter(quiet, lambda r: _score_line(r, fpr))).check()
+        return
+    info = describe(tiles[0])
     with pixel_bar(info.width * info.height, quiet, "score") as bar:
-        summary = score_raster(det, tile, output, mask_out=mask_out,
-                               fpr=s["fpr"] if mask_out else None,
-                               samples=s["samples"], seed=s["seed"], chunk=s["chunk"], progress=bar)
-    msg = f"wrote {output}: {summary.valid_pixels} of {summary.pixels} pixels scored in {summary.seconds:.1f} s"
-    if summary.flagged is not None:
-        msg += f"; {summary.flagged} flagged above {summary.threshold:.4g} (fpr {s['fpr']})"
-    say(quiet, msg)
+        summary = score_raster(det, tiles[0], output, mask_out=mask_out, fpr=fpr, samples=s["samples"],
+                               seed=s["seed"], chunk=s["chunk"], progress=bar)
+    say(quiet, _score_line(summary, fpr))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -411,36 +462,50 @@ def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: i
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
-@click.argument("tile", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Feature raster to write (float32 COG; bands latent_1 ... latent_k).")
+@click.argument("tiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Feature raster to write for one TILE (float32 COG; bands latent_1 ... latent_k).")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="Folder for the feature rasters of one or more TILES: OUTDIR/NAME.tif.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to encode.  [default: cpu]")
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
 @common
-def features(model: str, tile: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
-    """Write the VAE's latent features of every valid pixel of TILE: a float32 GeoTIFF with one band per latent
-    dimension (the posterior means), on TILE's grid, CRS and nodata.
+def features(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, config_path: str | None,
+             quiet: bool, **opts: Any) -> None:
+    """Write the VAE's latent features of every valid pixel of each TILE: a float32 GeoTIFF with one band per
+    latent dimension (the posterior means), on TILE's grid, CRS and nodata.
 
-    Uses the score section of --config for device, threads and chunk.
+    Uses the score section of --config for device, threads and chunk. With --outdir, the model loads once for
+    all TILES, a tile that fails is reported by name and the others go on (non-zero exit code if any failed).
 
     \b
-    Example:
+    Examples:
       rsvae features work/model demo/test/tile_000.tif -o work/features/tile_000.tif
+      rsvae features work/model demo/test/*.tif --outdir work/features
     """
     from pipeline.detectors import load_detector
     from pipeline.generative import features as write_features
-    from pipeline.generative import require_vae
+    from pipeline.generative import features_tiles, require_vae
     from pipeline.raster import describe
 
+    many = one_or_many(tiles, output, outdir, {}, {})
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = require_vae(load_detector(model, s["device"]), "rsvae features")
-    info = describe(tile)
+    latent = det.architecture["latent"]
+
+    def line(summary: Any) -> str:
+        return (f"wrote {summary.output}: {latent} latent bands for {summary.valid_pixels} of {summary.pixels} "
+                f"pixels in {summary.seconds:.1f} s")
+
+    if many:
+        features_tiles(det, tiles, outdir, chunk=s["chunk"], on_done=tile_reporter(quiet, line)).check()
+        return
+    info = describe(tiles[0])
     with pixel_bar(info.width * info.height, quiet, "features") as bar:
-        summary = write_features(det, tile, output, chunk=s["chunk"], progress=bar)
-    say(quiet, f"wrote {output}: {det.architecture['latent']} latent bands for {summary.valid_pixels} of "
-               f"{summary.pixels} pixels in {summary.seconds:.1f} s")
+        summary = write_features(det, tiles[0], output, chunk=s["chunk"], progress=bar)
+    say(quiet, line(summary))
 
 
 @cli.command(context_settings=CONTEXT)
