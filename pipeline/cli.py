@@ -386,30 +386,51 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("scores", type=click.Path())
-@click.argument("truth", type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Metrics JSON to write.")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Metrics JSON to write (one SCORES TRUTH pair).")
+@click.option("--truth", "truth_pattern",
+              help="Many SCORES: each one's truth raster, {tile} standing for its name (e.g. 'truth/{tile}.tif').")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="With --truth: folder for the metrics, OUTDIR/NAME.json.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Folder for PNG plots (ROC, quicklook, histogram).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def evaluate(scores: str, truth: str, output: str | None, plots: str | None, quiet: bool) -> None:
-    """Compare a score raster with a truth raster (1 = anomaly) on the same grid.
+def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | None, outdir: str | None,
+             plots: str | None, quiet: bool) -> None:
+    """Compare a score raster with a truth raster (1 = anomaly) on the same grid: FILES is SCORES TRUTH, or
+    with --truth and --outdir any number of score rasters (one process; a bad one is reported by name and the
+    others go on).
 
     Reports pixel ROC AUC, average precision, detection rate at false-alarm rates 1e-3 and 1e-2, the best-F1
     threshold and background suppression; invalid (nodata) pixels are left out.
 
     \b
-    Example:
+    Examples:
       rsvae evaluate work/scores/tile_000.tif demo/truth/tile_000.tif -o work/metrics/tile_000.json --plots work/plots
+      rsvae evaluate work/scores/*.tif --truth 'demo/truth/{tile}.tif' --outdir work/metrics --plots work/plots
     """
     from pipeline.evaluate import evaluate as run
+    from pipeline.evaluate import evaluate_tiles
 
-    m = run(scores, truth, output, plots)
+    def line(m: dict[str, Any]) -> str:
+        return (f"{m['scores']}: ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
+                f"detection at 1e-3 false alarms {m['detection_rate_at_far_0.001']:.3f}")
+
+    if (truth_pattern is None) != (outdir is None):
+        raise click.UsageError("--truth and --outdir go together (many score rasters)")
+    if truth_pattern is not None:
+        if output is not None:
+            raise click.UsageError("-o goes with one SCORES TRUTH pair, not with --outdir")
+        evaluate_tiles(files, truth_pattern, outdir, plots, on_done=tile_reporter(quiet, line)).check()
+        return
+    if len(files) != 2:
+        raise click.UsageError(f"give SCORES TRUTH (got {len(files)} files); for many score rasters give "
+                               "--truth PATTERN --outdir DIR")
+    m = run(files[0], files[1], output, plots)
     if output is None:
         import json
 
         click.echo(json.dumps({k: v for k, v in m.items() if k != "plots"}, indent=2))
-    say(quiet, f"ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
-               f"detection at 1e-3 false alarms {m['detection_rate_at_far_0.001']:.3f}")
+    say(quiet, line(m))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -439,24 +460,35 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | Non
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("scores", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--mask", type=click.Path(dir_okay=False), help="Anomaly mask to overlay (flagged pixels in cyan).")
+@click.argument("scores", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write for one SCORES raster.")
+@click.option("--outdir", type=click.Path(file_okay=False), help="Folder for the PNGs of many: OUTDIR/NAME.png.")
+@click.option("--mask", type=click.Path(dir_okay=False),
+              help="With -o: anomaly mask to overlay (flagged pixels in cyan).")
+@click.option("--mask-dir", type=click.Path(file_okay=False),
+              help="With --outdir: overlay each raster's mask MASK_DIR/NAME.tif.")
 @click.option("--band", type=int, default=1, show_default=True, help="Band of SCORES to show.")
 @click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def quicklook(scores: str, output: str, mask: str | None, band: int, max_size: int, quiet: bool) -> None:
-    """Draw a PNG quicklook of a SCORES raster (a percentile stretch; nodata grey).
+def quicklook(scores: tuple[str, ...], output: str | None, outdir: str | None, mask: str | None,
+              mask_dir: str | None, band: int, max_size: int, quiet: bool) -> None:
+    """Draw a PNG quicklook of each SCORES raster (a percentile stretch; nodata grey).
 
     \b
-    Example:
+    Examples:
       rsvae quicklook results/scores/tile_000.tif --mask results/masks/tile_000.tif -o tile_000.png
+      rsvae quicklook results/scores/*.tif --mask-dir results/masks --outdir quicklooks
     """
     from pipeline.report import quicklook as draw
+    from pipeline.report import quicklook_tiles
 
     if max_size < 16:
         raise click.BadParameter("must be at least 16", param_hint="--max-size")
-    draw(scores, output, mask=mask, band=band, max_size=max_size)
+    if one_or_many(scores, output, outdir, {"--mask": mask}, {"--mask-dir": mask_dir}):
+        quicklook_tiles(scores, outdir, mask_dir=mask_dir, band=band, max_size=max_size,
+                        on_done=tile_reporter(quiet, lambda path: f"wrote {path}")).check()
+        return
+    draw(scores[0], output, mask=mask, band=band, max_size=max_size)
     say(quiet, f"wrote {output}")
 
 

@@ -10,12 +10,13 @@ import csv
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
 from pipeline.raster import iter_band, read_preview
@@ -246,3 +247,17 @@ def quicklook(scores: str | Path, path: str | Path, *, mask: str | Path | None =
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     return Path(path)
+
+
+def quicklook_tiles(scores: Sequence[str | Path], outdir: str | Path, *, mask_dir: str | Path | None = None,
+                    band: int = 1, max_size: int = 1024,
+                    on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+    """Quicklooks of many score rasters in one process: ``outdir/NAME.png`` each, its mask ``mask_dir/NAME.tif``
+    outlined; a bad raster is recorded and the others go on (``pipeline.batch.run_tiles``)."""
+    jobs = plan_outputs(scores, {"png": outdir}, suffix=".png")
+
+    def one(job: TileJob) -> Path:
+        mask = Path(mask_dir) / f"{job.name}.tif" if mask_dir is not None else None
+        return quicklook(job.tile, job.outputs["png"], mask=mask, band=band, max_size=max_size)
+
+    return run_tiles(jobs, one, on_done)
