@@ -1,5 +1,6 @@
-# rsvae workflow: demo data -> ingest (one job per normal tile) -> merge -> train -> score (one job per
-# target tile) -> quicklooks, evaluate (one job per tile with truth) -> summary, and an HTML report.
+# rsvae workflow: demo data -> ingest -> merge -> train -> score -> quicklooks, evaluate (tiles with truth)
+# -> summary, and an HTML report. Per-tile steps run in batches of cluster.tiles_per_job tiles: one process
+# per step and batch, and on a cluster one job per batch for scoring and its follow-ups (job group "tiles").
 #
 #   snakemake -c2                                   the demo, on a laptop
 #   snakemake -c8 --configfile my.yaml              your own tiles (copy configs/config.yaml)
@@ -32,6 +33,10 @@ CFG = PLAN.config_file
 CLUSTER = wf.cluster_resources(config)
 TARGETS = sorted(PLAN.targets)
 TRUTH = sorted(PLAN.truth)
+# Job groups: a batch's per-tile steps run as one cluster job (rules/detect.smk); merge and train share one
+# unless training asks for a GPU. Local runs ignore groups.
+TILES = "tiles"
+MODEL_GROUP = None if config["cluster"]["gpu"] else "model"
 
 
 report: "report/workflow.rst"

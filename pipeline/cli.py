@@ -169,28 +169,37 @@ def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> Non
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("tiles", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sample file to write (.nc).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Sample file to write (.nc); with --partial, one tile's partial sample.")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="With --partial: one partial sample per tile, OUTDIR/NAME.nc (a bad tile is reported, the others "
+                   "go on).")
 @click.option("--max-pixels", type=int, help="Most pixels in the sample, shared fairly across tiles.  [default: 200000]")
 @click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
 @click.option("--partial", is_flag=True,
-              help="Write one tile's partial sample, for `rsvae merge` (the workflow's per-tile ingest jobs).")
+              help="Write per-tile partial samples, for `rsvae merge` (the workflow's ingest jobs).")
 @common
-def ingest(tiles: tuple[str, ...], output: str, partial: bool, config_path: str | None, quiet: bool,
-           **opts: Any) -> None:
+def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, partial: bool, config_path: str | None,
+           quiet: bool, **opts: Any) -> None:
     """Sample valid pixels of normal TILES into a sample file, with band statistics over all valid pixels.
 
     \b
     Examples:
       rsvae ingest demo/normal/*.tif -o work/sample.nc --seed 0
       rsvae ingest demo/normal/normal_000.tif --partial -o work/parts/normal_000.nc
+      rsvae ingest demo/normal/*.tif --partial --outdir work/parts
     """
     from pipeline import sample
     from pipeline.raster import describe
 
     s, _ = settings(config_path, "ingest", **opts)
-    if partial:
-        if len(tiles) != 1:
-            raise click.UsageError("--partial takes exactly one tile")
+    if not partial:
+        if output is None or outdir is not None:
+            raise click.UsageError("give -o FILE (--outdir goes with --partial)")
+    elif one_or_many(tiles, output, outdir, {}, {}):
+        sample.partial_tiles(tiles, outdir, s["max_pixels"], s["seed"],
+                             on_done=tile_reporter(quiet, lambda path: f"wrote {path}")).check()
+        return
     total = sum(info.width * info.height for info in map(describe, tiles))
     with pixel_bar(total, quiet, "ingest") as bar:
         if partial:

@@ -1,49 +1,69 @@
-# Evaluation against truth (one job per target tile that has a truth raster) and the run's summary: the
-# per-tile table and the training curve.
+# Evaluation against truth (the target tiles that have a truth raster), one `rsvae evaluate` process per
+# batch, in the batch's job group (detect.smk); then the run's summary: the per-tile table and the training curve.
 
+for batch in PLAN.batches:
+    evaluated = PLAN.truth_of(batch)
+    if not evaluated:
+        continue
 
-rule evaluate:
-    input:
-        scores=f"{R}/scores/{{tile}}.tif",
-        truth=lambda wildcards: PLAN.truth[wildcards.tile],
-    output:
-        metrics=f"{R}/metrics/{{tile}}.json",
-        roc=report(
-            f"{R}/plots/{{tile}}_roc.png",
-            caption="../report/roc.rst",
-            category="3. Evaluation",
-            subcategory="{tile}",
-            labels={"tile": "{tile}", "plot": "ROC curve"},
-        ),
-        quicklook=report(
-            f"{R}/plots/{{tile}}_quicklook.png",
-            caption="../report/truth.rst",
-            category="3. Evaluation",
-            subcategory="{tile}",
-            labels={"tile": "{tile}", "plot": "score and truth"},
-        ),
-        histogram=report(
-            f"{R}/plots/{{tile}}_histogram.png",
-            caption="../report/histogram.rst",
-            category="3. Evaluation",
-            subcategory="{tile}",
-            labels={"tile": "{tile}", "plot": "score histograms"},
-        ),
-    log:
-        f"{R}/logs/evaluate/{{tile}}.log",
-    benchmark:
-        f"{R}/benchmarks/evaluate/{{tile}}.tsv"
-    params:
-        plots=lambda wildcards, output: os.path.dirname(output.roc),
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=30,
-        **CLUSTER,
-    conda:
-        "../envs/rsvae.yaml"
-    shell:
-        "rsvae evaluate {input.scores} {input.truth} -o {output.metrics} --plots {params.plots} > {log} 2>&1"
+    rule:
+        name:
+            f"evaluate_{batch.name}"
+        input:
+            scores=[f"{R}/scores/{t}.tif" for t in evaluated],
+            truth=[PLAN.truth[t] for t in evaluated],
+        output:
+            metrics=[f"{R}/metrics/{t}.json" for t in evaluated],
+            roc=[
+                report(
+                    f"{R}/plots/{t}_roc.png",
+                    caption="../report/roc.rst",
+                    category="3. Evaluation",
+                    subcategory=t,
+                    labels={"tile": t, "plot": "ROC curve"},
+                )
+                for t in evaluated
+            ],
+            quicklook=[
+                report(
+                    f"{R}/plots/{t}_quicklook.png",
+                    caption="../report/truth.rst",
+                    category="3. Evaluation",
+                    subcategory=t,
+                    labels={"tile": t, "plot": "score and truth"},
+                )
+                for t in evaluated
+            ],
+            histogram=[
+                report(
+                    f"{R}/plots/{t}_histogram.png",
+                    caption="../report/histogram.rst",
+                    category="3. Evaluation",
+                    subcategory=t,
+                    labels={"tile": t, "plot": "score histograms"},
+                )
+                for t in evaluated
+            ],
+        log:
+            f"{R}/logs/evaluate/{batch.name}.log",
+        benchmark:
+            f"{R}/benchmarks/evaluate/{batch.name}.tsv"
+        params:
+            truth=lambda wildcards: PLAN.truth_pattern,  # a function: {tile} is not a wildcard here
+            metrics=lambda wildcards, output: os.path.dirname(output.metrics[0]),
+            plots=lambda wildcards, output: os.path.dirname(output.roc[0]),
+        group:
+            TILES
+        threads: 1
+        resources:
+            mem_mb=lambda wildcards, attempt: 4000 * attempt,
+            runtime=wf.batch_runtime(len(evaluated), per_tile=1),
+            **CLUSTER,
+        conda:
+            "../envs/rsvae.yaml"
+        shell:
+            "rsvae evaluate {input.scores} --truth {params.truth:q} --outdir {params.metrics} "
+            "--plots {params.plots} > {log} 2>&1"
 
 
 rule summarize:
