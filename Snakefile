@@ -60,12 +60,11 @@ localrules:
     all,
 
 
+# Scores, masks and metrics are inputs of the quicklooks and the summary, so they are made (and remade when
+# missing) without being listed here: each listed file is one more lookup when planning 10 000 tiles.
 rule all:
     input:
-        expand(f"{R}/scores/{{tile}}.tif", tile=TARGETS),
-        expand(f"{R}/masks/{{tile}}.tif", tile=TARGETS),
         expand(f"{R}/quicklooks/{{tile}}.png", tile=TARGETS),
-        expand(f"{R}/metrics/{{tile}}.json", tile=TRUTH),
         expand(f"{R}/features/{{tile}}.tif", tile=TARGETS if PLAN.features else []),
         f"{R}/summary.csv",
         f"{R}/summary.html",

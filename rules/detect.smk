@@ -85,8 +85,8 @@ for batch in PLAN.batches:
             input:
                 model=f"{R}/model",
                 tiles=[PLAN.targets[t] for t in batch.tiles],
-                # not read: it puts the features in the batch's group job (a connected part of the DAG)
-                scores=[f"{R}/scores/{t}.tif" for t in batch.tiles],
+                # not read: one edge to the batch's scoring puts the features in its group job
+                scores=f"{R}/scores/{batch.tiles[0]}.tif",
             output:
                 [f"{R}/features/{t}.tif" for t in batch.tiles],
             log:
