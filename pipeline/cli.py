@@ -446,13 +446,15 @@ def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | No
 @click.argument("metrics", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--mask", "masks", multiple=True, type=click.Path(dir_okay=False),
               help="Anomaly mask of a tile (from `rsvae score --mask-out`); repeat for each tile.")
+@click.option("--part", "parts", multiple=True, type=click.Path(dir_okay=False),
+              help="A table an earlier `rsvae summarize -o` wrote, whose rows to include; repeat for each.")
 @click.option("--model", type=click.Path(), help="Model folder whose training curve to plot.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | None, output: str,
-              html_out: str | None, plot: str | None, quiet: bool) -> None:
+def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], parts: tuple[str, ...], model: str | None,
+              output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
     """Tabulate every tile's results: pixels flagged in its mask and its METRICS (from `rsvae evaluate -o`).
 
     One row per tile (the file name without extension); tiles without truth have empty metric cells.
@@ -461,10 +463,11 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], model: str | Non
     Example:
       rsvae summarize results/metrics/*.json --mask results/masks/tile_000.tif --mask results/masks/tile_001.tif \\
           --model results/model -o results/summary.csv --plot results/training_curve.png
+      rsvae summarize --part parts/b0000.csv --part parts/b0001.csv -o results/summary.csv
     """
     from pipeline.report import summarize as run
 
-    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out)
+    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out, parts=parts)
     say(quiet, f"wrote {output} ({len(rows)} tiles)" + (f" and {plot}" if plot else ""))
 
 

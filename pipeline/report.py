@@ -187,15 +187,48 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
     return Path(path)
 
 
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a table ``write_csv`` wrote (a partial summary): numbers as numbers, empty cells left out."""
+    def value(text: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    try:
+        with open(path, newline="") as f:
+            rows = [{k: (v if k == "tile" else value(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable summary table ({exc})") from None
+    if any("tile" not in r for r in rows):
+        raise InputError(f"{path}: not a summary table (no 'tile' column)")
+    return rows
+
+
 def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_csv: str | Path, *,
               model: str | Path | None = None, plot: str | Path | None = None,
-              out_html: str | Path | None = None) -> list[dict[str, Any]]:
-    """Write the per-tile table (CSV, optionally HTML) and, given a model, its training curve; return the rows."""
-    if not metrics and not masks:
-        raise InputError("nothing to summarize: give metrics files and/or --mask rasters")
+              out_html: str | Path | None = None, parts: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """Write the per-tile table (CSV, optionally HTML) and, given a model, its training curve; return the rows.
+
+    ``parts`` are earlier tables (``-o`` of this function) whose rows join the table: the workflow summarizes
+    each batch of tiles in its job, then merges the parts (one command line per batch, never one per tile).
+    """
+    if not metrics and not masks and not parts:
+        raise InputError("nothing to summarize: give metrics files, --mask rasters and/or --part tables")
     if plot is not None and model is None:
         raise InputError(f"{plot}: a training curve needs --model")
-    rows = metrics_table(metrics, masks)
+    rows = metrics_table(metrics, masks) if (metrics or masks) else []
+    seen = {r["tile"]: "this table" for r in rows}
+    for part in parts:
+        for row in read_table(part):
+            if row["tile"] in seen:
+                raise InputError(f"{part}: tile {row['tile']!r} is also in {seen[row['tile']]}; tile names must "
+                                 "be unique")
+            seen[row["tile"]] = str(part)
+            rows.append(row)
+    rows.sort(key=lambda r: r["tile"])
     write_csv(rows, out_csv)
     if out_html is not None:
         write_html(rows, out_html, model)

@@ -1,5 +1,6 @@
 # Evaluation against truth (the target tiles that have a truth raster), one `rsvae evaluate` process per
-# batch, in the batch's job group (detect.smk); then the run's summary: the per-tile table and the training curve.
+# batch, in the batch's job group (detect.smk); then the run's summary: the per-tile table (a part per batch,
+# then merged) and the training curve.
 
 for batch in PLAN.batches:
     evaluated = PLAN.truth_of(batch)
@@ -66,10 +67,40 @@ for batch in PLAN.batches:
             "--plots {params.plots} > {log} 2>&1"
 
 
+for batch in PLAN.batches:
+
+    # The batch's rows of the summary table, in its group job: the final table merges one part per batch, so
+    # no command line lists every tile (10 000 of them would pass the system's limit on one argument).
+    rule:
+        name:
+            f"summarize_{batch.name}"
+        input:
+            metrics=[f"{R}/metrics/{t}.json" for t in PLAN.truth_of(batch)],
+            masks=[f"{R}/masks/{t}.tif" for t in batch.tiles],
+        output:
+            f"{R}/summary_parts/{batch.name}.csv",
+        log:
+            f"{R}/logs/summarize/{batch.name}.log",
+        benchmark:
+            f"{R}/benchmarks/summarize/{batch.name}.tsv"
+        params:
+            masks=lambda wildcards, input: " ".join(f"--mask {m}" for m in input.masks),
+        group:
+            TILES
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=wf.batch_runtime(len(batch.tiles), per_tile=1),
+            **CLUSTER,
+        conda:
+            "../envs/rsvae.yaml"
+        shell:
+            "rsvae summarize {input.metrics} {params.masks} -o {output} > {log} 2>&1"
+
+
 rule summarize:
     input:
-        metrics=expand(f"{R}/metrics/{{tile}}.json", tile=TRUTH),
-        masks=expand(f"{R}/masks/{{tile}}.tif", tile=TARGETS),
+        parts=[f"{R}/summary_parts/{b.name}.csv" for b in PLAN.batches],
         model=f"{R}/model",
     output:
         table=report(
@@ -95,7 +126,7 @@ rule summarize:
     benchmark:
         f"{R}/benchmarks/summarize.tsv"
     params:
-        masks=lambda wildcards, input: " ".join(f"--mask {m}" for m in input.masks),
+        parts=lambda wildcards, input: " ".join(f"--part {p}" for p in input.parts),
     threads: 1
     resources:
         mem_mb=2000,
@@ -104,5 +135,5 @@ rule summarize:
     conda:
         "../envs/rsvae.yaml"
     shell:
-        "rsvae summarize {input.metrics} {params.masks} --model {input.model} -o {output.table} "
+        "rsvae summarize {params.parts} --model {input.model} -o {output.table} "
         "--html {output.html} --plot {output.curve} > {log} 2>&1"

@@ -31,7 +31,7 @@ TINY = {
 }
 #: Jobs of the tiny demo, by rule: its two normal and two target tiles are one batch each (tiles_per_job 25).
 TINY_JOBS = {"demo": 1, "ingest_b0000": 1, "merge": 1, "train": 1, "score_b0000": 1, "quicklook_b0000": 1,
-             "evaluate_b0000": 1, "features_b0000": 1, "summarize": 1, "all": 1}
+             "evaluate_b0000": 1, "features_b0000": 1, "summarize_b0000": 1, "summarize": 1, "all": 1}
 
 
 # ---- planning (pipeline/workflow.py) ---------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_slurm_profile_dry_run_plans_every_job_with_account_partition_and_gpu(re
     # a batch's per-tile steps are one group job (printed indented); merge and train are not grouped when
     # training asks for a GPU
     grouped = set(re.findall(r"^ +rule (\w+):", run.stdout, re.M))
-    assert grouped == {"score_b0000", "quicklook_b0000", "evaluate_b0000", "features_b0000"}
+    assert grouped == {"score_b0000", "quicklook_b0000", "evaluate_b0000", "features_b0000", "summarize_b0000"}
     assert not (repo / "results").exists() and not (repo / "demo").exists()
 
 
