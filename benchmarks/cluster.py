@@ -176,16 +176,22 @@ def report(args: argparse.Namespace, folder: Path, output: str, finished: bool, 
     per_target = {j: v for j, v in jobs.items() if any(s in steps.get(j, "") for s in TARGET_STEPS)
                   and v["state"] == "COMPLETED"}
     res = folder / "results"
-    done = sorted((res / "scores").glob("*.tif"))
+    done = sorted((res / "scores").glob("*.tif")) if (res / "scores").is_dir() else []
     targets = sorted((folder / "demo" / "test").glob("*.tif"))
-    # tiles' worth of per-target work done: all of them, or (stopped early) the mean of the three outputs' counts
-    work = len(targets) if finished else (len(done) + len(list((res / "quicklooks").glob("*.png")))
-                                          + len(list((res / "metrics").glob("*.json")))) / 3
     scoring, follow_up = in_process_cpu(folder, targets) if (res / "model").is_dir() else (float("nan"),) * 2
     target_cpu = sum(float(v.get("cpu", 0.0)) for v in per_target.values())
-    share = work / max(len(targets), 1)
-    beyond = (target_cpu - scoring * share) / max(work, 1)
-    overhead = (target_cpu - (scoring + follow_up) * share) / max(work, 1)
+    if finished:
+        per_tile = target_cpu / max(len(targets), 1)
+    else:  # stopped early (one job per tile and step): a tile costs one job of each step, at the mean seen
+        per_step: dict[str, list[float]] = {}
+        for job_id, v in per_target.items():
+            step = next(s for s in TARGET_STEPS if s in steps[job_id])
+            per_step.setdefault(step, []).append(float(v.get("cpu", 0.0)))
+        per_tile = sum(sum(c) / len(c) for c in per_step.values())
+        print("stopped early; CPU per job by step: "
+              + ", ".join(f"{k} {sum(c) / len(c):.2f} s ({len(c)} jobs)" for k, c in per_step.items()))
+    beyond = per_tile - scoring / max(len(targets), 1)
+    overhead = per_tile - (scoring + follow_up) / max(len(targets), 1)
     label = f"revision {args.revision}" if args.revision else f"tiles_per_job {args.tiles_per_job or 'default'}"
     print("| workflow | targets | Snakemake jobs | SLURM jobs | per-target SLURM jobs | wall s | "
           "per-target CPU s | in one process: scoring, quicklook+evaluate CPU s | "
