@@ -67,11 +67,11 @@ def seconds(text: str) -> float:
 def sacct_jobs(run_id: str) -> dict[str, dict[str, object]]:
     """The run's SLURM jobs: id -> state and CPU seconds (the job's own row sums its steps)."""
     rows = subprocess.run(["sacct", "-X", "-n", "-P", "--starttime", "now-1days", "--name", run_id,
-                           "-o", "JobID,State"], capture_output=True, text=True, check=True).stdout.split()
+                           "-o", "JobID,State"], capture_output=True, text=True, check=True).stdout.splitlines()
     jobs = {r.split("|")[0]: {"state": r.split("|")[1]} for r in rows if r}
     if jobs:
         out = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(jobs), "-o", "JobID,TotalCPU"],
-                             capture_output=True, text=True, check=True).stdout.split()
+                             capture_output=True, text=True, check=True).stdout.splitlines()
         for row in out:
             job_id, cpu = row.split("|")
             if job_id in jobs:
@@ -80,9 +80,9 @@ def sacct_jobs(run_id: str) -> dict[str, dict[str, object]]:
 
 
 def job_steps(folder: Path) -> dict[str, str]:
-    """SLURM job id -> the Snakemake log folder name (e.g. group_tiles_..., rule_score_tile_000)."""
+    """SLURM job id -> its Snakemake log folder (e.g. group_tiles_evaluate_b0000_..., rule_score/tile_000)."""
     logs = folder / ".snakemake" / "slurm_logs"
-    return {p.stem: p.parent.name for p in logs.rglob("*.log")}
+    return {p.stem: str(p.relative_to(logs).parent) for p in logs.rglob("*.log")}
 
 
 def in_process_cpu(folder: Path, targets: list[Path]) -> tuple[float, float]:
