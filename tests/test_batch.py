@@ -96,3 +96,24 @@ def test_run_tiles_goes_on_after_user_errors_and_stops_on_bugs(tmp_path):
 
     with pytest.raises(ZeroDivisionError):
         run_tiles(jobs, buggy)
+
+
+def test_ingest_quicklook_and_evaluate_many(demo, model_dir, tmp_path):
+    """The workflow's other per-batch commands: partial samples, quicklooks, evaluation (a missing truth named)."""
+    parts = tmp_path / "parts"
+    code, output = invoke("ingest", *demo.normal, "--partial", "--outdir", parts, "--max-pixels", 500, "-q")
+    assert code == 0, output
+    assert sorted(p.name for p in parts.iterdir()) == sorted(f"{p.stem}.nc" for p in demo.normal)
+    scores, masks = tmp_path / "scores", tmp_path / "masks"
+    lone = shutil.copy(demo.test[0], tmp_path / "lone.tif")  # a target without truth
+    assert invoke("score", model_dir, demo.test[0], lone, "--outdir", scores, "--mask-dir", masks,
+                  "--fpr", 0.01, "-q")[0] == 0
+    rasters = sorted(scores.iterdir())
+    code, output = invoke("quicklook", *rasters, "--mask-dir", masks, "--outdir", tmp_path / "ql", "-q")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "ql").iterdir()) == [f"{r.stem}.png" for r in rasters]
+    truth = str(demo.truth[0].parent / "{tile}.tif")
+    code, output = invoke("evaluate", *rasters, "--truth", truth, "--outdir", tmp_path / "m", "-q")
+    assert code == 1 and f"Error: 1 of 2 tiles failed: {scores / 'lone.tif'}" in output
+    assert [p.name for p in (tmp_path / "m").iterdir()] == [f"{demo.test[0].stem}.json"]
+    code, output = invoke("evaluate", *rasters, "--truth", "truth.tif", "--outdir", tmp_path / "m2")
+    assert code == 1 and "needs {tile}" in output
