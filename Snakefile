@@ -1,6 +1,7 @@
-# rsvae workflow: demo data -> ingest (one job per normal tile) -> merge -> train -> score (one job per
-# target tile) -> quicklooks, detections, evaluate (one job per tile with truth) -> summary, merged detections
-# and their review page, and an HTML report.
+# rsvae workflow: demo data -> (stack product folders) -> ingest -> merge -> train -> score -> quicklooks,
+# detections, evaluate (tiles with truth) -> summary, merged detections and their review page, and an HTML
+# report. Per-tile steps run in batches of cluster.tiles_per_job tiles: one process per step and batch, and on
+# a cluster one job per batch for scoring and its follow-ups (job group "tiles").
 #
 #   snakemake -c2                                   the demo, on a laptop
 #   snakemake -c8 --configfile my.yaml              your own tiles (copy configs/config.yaml)
@@ -33,6 +34,10 @@ CFG = PLAN.config_file
 CLUSTER = wf.cluster_resources(config)
 TARGETS = sorted(PLAN.targets)
 TRUTH = sorted(PLAN.truth)
+# Job groups: a batch's per-tile steps run as one cluster job (rules/detect.smk); merge and train share one
+# unless training asks for a GPU. Local runs ignore groups.
+TILES = "tiles"
+MODEL_GROUP = None if config["cluster"]["gpu"] else "model"
 
 
 report: "report/workflow.rst"
@@ -57,12 +62,11 @@ localrules:
     all,
 
 
+# Scores, masks and metrics are inputs of the quicklooks and the summary, so they are made (and remade when
+# missing) without being listed here: each listed file is one more lookup when planning 10 000 tiles.
 rule all:
     input:
-        expand(f"{R}/scores/{{tile}}.tif", tile=TARGETS),
-        expand(f"{R}/masks/{{tile}}.tif", tile=TARGETS),
         expand(f"{R}/quicklooks/{{tile}}.png", tile=TARGETS),
-        expand(f"{R}/metrics/{{tile}}.json", tile=TRUTH),
         expand(f"{R}/features/{{tile}}.tif", tile=TARGETS if PLAN.features else []),
         f"{R}/summary.csv",
         f"{R}/summary.html",

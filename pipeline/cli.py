@@ -169,28 +169,37 @@ def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> Non
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("tiles", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sample file to write (.nc).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Sample file to write (.nc); with --partial, one tile's partial sample.")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="With --partial: one partial sample per tile, OUTDIR/NAME.nc (a bad tile is reported, the others "
+                   "go on).")
 @click.option("--max-pixels", type=int, help="Most pixels in the sample, shared fairly across tiles.  [default: 200000]")
 @click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
 @click.option("--partial", is_flag=True,
-              help="Write one tile's partial sample, for `rsvae merge` (the workflow's per-tile ingest jobs).")
+              help="Write per-tile partial samples, for `rsvae merge` (the workflow's ingest jobs).")
 @common
-def ingest(tiles: tuple[str, ...], output: str, partial: bool, config_path: str | None, quiet: bool,
-           **opts: Any) -> None:
+def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, partial: bool, config_path: str | None,
+           quiet: bool, **opts: Any) -> None:
     """Sample valid pixels of normal TILES into a sample file, with band statistics over all valid pixels.
 
     \b
     Examples:
       rsvae ingest demo/normal/*.tif -o work/sample.nc --seed 0
       rsvae ingest demo/normal/normal_000.tif --partial -o work/parts/normal_000.nc
+      rsvae ingest demo/normal/*.tif --partial --outdir work/parts
     """
     from pipeline import sample
     from pipeline.raster import describe
 
     s, _ = settings(config_path, "ingest", **opts)
-    if partial:
-        if len(tiles) != 1:
-            raise click.UsageError("--partial takes exactly one tile")
+    if not partial:
+        if output is None or outdir is not None:
+            raise click.UsageError("give -o FILE (--outdir goes with --partial)")
+    elif one_or_many(tiles, output, outdir, {}, {}):
+        sample.partial_tiles(tiles, outdir, s["max_pixels"], s["seed"],
+                             on_done=tile_reporter(quiet, lambda path: f"wrote {path}")).check()
+        return
     total = sum(info.width * info.height for info in map(describe, tiles))
     with pixel_bar(total, quiet, "ingest") as bar:
         if partial:
@@ -290,12 +299,57 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
     say(quiet, f"wrote {output}: {det.kind} on {det.bands} bands{extra}")
 
 
+def one_or_many(tiles: tuple[str, ...], output: str | None, outdir: str | None, single: dict[str, Any],
+                many: dict[str, Any]) -> bool:
+    """Check the -o (one tile) / --outdir (many tiles) choice and that each extra output option fits it; True
+    for --outdir. ``single`` and ``many`` map the options of each mode (as the user spells them) to their values."""
+    if (output is None) == (outdir is None):
+        raise click.UsageError("give -o FILE (one tile) or --outdir DIR (one or more tiles)")
+    if output is not None and len(tiles) != 1:
+        raise click.UsageError(f"-o writes one tile's output; for {len(tiles)} tiles give --outdir DIR")
+    wrong = [opt for opt, value in (many if output is not None else single).items() if value is not None]
+    if wrong:
+        raise click.UsageError(f"{wrong[0]} goes with {'--outdir' if output is not None else '-o'}")
+    return outdir is not None
+
+
+def tile_reporter(quiet: bool, describe_result: Callable[[Any], str]) -> Callable[[Any], None]:
+    """``on_done`` for a many-tile command: one line per tile, an error always (named by tile), others unless -q."""
+
+    def report(outcome: Any) -> None:
+        if outcome.ok:
+            say(quiet, describe_result(outcome.result))
+            return
+        exc = outcome.error
+        text = str(exc) if isinstance(exc, RsvaeError) else f"{exc.strerror or exc}"
+        if outcome.job.tile not in text:
+            text = f"{outcome.job.tile}: {text}"
+        click.echo(f"Error: {text}", err=True)
+
+    return report
+
+
+def _score_line(summary: Any, fpr: float | None) -> str:
+    msg = (f"wrote {summary.output}: {summary.valid_pixels} of {summary.pixels} pixels scored in "
+           f"{summary.seconds:.1f} s")
+    if summary.flagged is not None:
+        msg += f"; {summary.flagged} flagged above {summary.threshold:.4g} (fpr {fpr})"
+    return msg
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
-@click.argument("tile", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Score raster to write (float32 COG; bands score, reconstruction, kl, rarity; a QGIS .qml beside it).")
-@click.option("--mask-out", type=click.Path(dir_okay=False), help="Also write a uint8 anomaly mask (needs --fpr).")
+@click.argument("tiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Score raster to write for one TILE (float32 COG; bands score, reconstruction, kl, rarity;
+                   "a QGIS .qml beside it).")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="Folder for the score rasters of one or more TILES: OUTDIR/NAME.tif (NAME = tile file name "
+                   "without extension).")
+@click.option("--mask-out", type=click.Path(dir_okay=False),
+              help="With -o: also write a uint8 anomaly mask (needs --fpr).")
+@click.option("--mask-dir", type=click.Path(file_okay=False),
+              help="With --outdir: also write each tile's anomaly mask as MASK_DIR/NAME.tif (needs --fpr).")
 @click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
 @click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
 @click.option("--seed", type=int, help="Seed of the posterior samples.  [default: 0]")
@@ -303,62 +357,90 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
 @common
-def score(model: str, tile: str, output: str, mask_out: str | None, config_path: str | None, quiet: bool,
-          **opts: Any) -> None:
-    """Score every valid pixel of TILE with MODEL into a georeferenced float32 GeoTIFF.
+def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
+          mask_dir: str | None, config_path: str | None, quiet: bool, **opts: Any) -> None:
+    """Score every valid pixel of each TILE with MODEL into a georeferenced float32 GeoTIFF.
 
-    Nodata, NaN and masked pixels are nodata in the output. With --mask-out and --fpr, pixels scoring above
-    the threshold at which a fraction FPR of held-out normal pixels would be flagged are 1 in the mask.
+    Nodata, NaN and masked pixels are nodata in the output. With a mask (--mask-out or --mask-dir) and --fpr,
+    pixels scoring above the threshold at which a fraction FPR of held-out normal pixels would be flagged are 1.
+
+    With --outdir, torch and the model load once for all TILES; a tile that fails is reported by name and the
+    others go on; the exit code is non-zero when any failed.
 
     \b
-    Example:
+    Examples:
       rsvae score work/model demo/test/tile_000.tif -o work/scores/tile_000.tif \\
           --mask-out work/masks/tile_000.tif --fpr 0.001
+      rsvae score work/model demo/test/*.tif --outdir work/scores --mask-dir work/masks --fpr 0.001
     """
     from pipeline.detectors import load_detector
     from pipeline.raster import check_distinct, describe
-    from pipeline.scoring import score_raster
+    from pipeline.scoring import score_raster, score_tiles
 
-    check_distinct(tile, [output, mask_out])
+    many = one_or_many(tiles, output, outdir, {"--mask-out": mask_out}, {"--mask-dir": mask_dir})
+    if not many:
+        check_distinct(tiles[0], [output, mask_out])
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
-    info = describe(tile)
+    fpr = s["fpr"] if (mask_out or mask_dir) else None
+    if many:
+        score_tiles(det, tiles, outdir, mask_dir=mask_dir, fpr=fpr, samples=s["samples"], seed=s["seed"],
+                    chunk=s["chunk"], on_done=tile_reporter(quiet, lambda r: _score_line(r, fpr))).check()
+        return
+    info = describe(tiles[0])
     with pixel_bar(info.width * info.height, quiet, "score") as bar:
-        summary = score_raster(det, tile, output, mask_out=mask_out,
-                               fpr=s["fpr"] if mask_out else None,
-                               samples=s["samples"], seed=s["seed"], chunk=s["chunk"], progress=bar)
-    msg = f"wrote {output}: {summary.valid_pixels} of {summary.pixels} pixels scored in {summary.seconds:.1f} s"
-    if summary.flagged is not None:
-        msg += f"; {summary.flagged} flagged above {summary.threshold:.4g} (fpr {s['fpr']})"
-    say(quiet, msg)
+        summary = score_raster(det, tiles[0], output, mask_out=mask_out, fpr=fpr, samples=s["samples"],
+                               seed=s["seed"], chunk=s["chunk"], progress=bar)
+    say(quiet, _score_line(summary, fpr))
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("scores", type=click.Path())
-@click.argument("truth", type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Metrics JSON to write.")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Metrics JSON to write (one SCORES TRUTH pair).")
+@click.option("--truth", "truth_pattern",
+              help="Many SCORES: each one's truth raster, {tile} standing for its name (e.g. 'truth/{tile}.tif').")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="With --truth: folder for the metrics, OUTDIR/NAME.json.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Folder for PNG plots (ROC, quicklook, histogram).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def evaluate(scores: str, truth: str, output: str | None, plots: str | None, quiet: bool) -> None:
-    """Compare a score raster with a truth raster (1 = anomaly) on the same grid.
+def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | None, outdir: str | None,
+             plots: str | None, quiet: bool) -> None:
+    """Compare a score raster with a truth raster (1 = anomaly) on the same grid: FILES is SCORES TRUTH, or
+    with --truth and --outdir any number of score rasters (one process; a bad one is reported by name and the
+    others go on).
 
     Reports pixel ROC AUC, average precision, detection rate at false-alarm rates 1e-3 and 1e-2, the best-F1
     threshold and background suppression; invalid (nodata) pixels are left out.
 
     \b
-    Example:
+    Examples:
       rsvae evaluate work/scores/tile_000.tif demo/truth/tile_000.tif -o work/metrics/tile_000.json --plots work/plots
+      rsvae evaluate work/scores/*.tif --truth 'demo/truth/{tile}.tif' --outdir work/metrics --plots work/plots
     """
     from pipeline.evaluate import evaluate as run
+    from pipeline.evaluate import evaluate_tiles
 
-    m = run(scores, truth, output, plots)
+    def line(m: dict[str, Any]) -> str:
+        return (f"{m['scores']}: ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
+                f"detection at 1e-3 false alarms {m['detection_rate_at_far_0.001']:.3f}")
+
+    if (truth_pattern is None) != (outdir is None):
+        raise click.UsageError("--truth and --outdir go together (many score rasters)")
+    if truth_pattern is not None:
+        if output is not None:
+            raise click.UsageError("-o goes with one SCORES TRUTH pair, not with --outdir")
+        evaluate_tiles(files, truth_pattern, outdir, plots, on_done=tile_reporter(quiet, line)).check()
+        return
+    if len(files) != 2:
+        raise click.UsageError(f"give SCORES TRUTH (got {len(files)} files); for many score rasters give "
+                               "--truth PATTERN --outdir DIR")
+    m = run(files[0], files[1], output, plots)
     if output is None:
         import json
 
         click.echo(json.dumps({k: v for k, v in m.items() if k != "plots"}, indent=2))
-    say(quiet, f"ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
-               f"detection at 1e-3 false alarms {m['detection_rate_at_far_0.001']:.3f}")
+    say(quiet, line(m))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -367,13 +449,15 @@ def evaluate(scores: str, truth: str, output: str | None, plots: str | None, qui
               help="Anomaly mask of a tile (from `rsvae score --mask-out`); repeat for each tile.")
 @click.option("--detections", "detections", multiple=True, type=click.Path(dir_okay=False),
               help="Detections of a tile (from `rsvae detect`); repeat for each tile.")
+@click.option("--part", "parts", multiple=True, type=click.Path(dir_okay=False),
+              help="A table an earlier `rsvae summarize -o` wrote, whose rows to include; repeat for each.")
 @click.option("--model", type=click.Path(), help="Model folder whose training curve to plot.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tuple[str, ...], model: str | None,
-              output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
+def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tuple[str, ...], parts: tuple[str, ...],
+              model: str | None, output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
     """Tabulate every tile's results: pixels flagged in its mask, its detections (count, count at rarity >= 4,
     top rarity) and its METRICS (from `rsvae evaluate -o`).
 
@@ -383,63 +467,90 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tupl
     Example:
       rsvae summarize results/metrics/*.json --mask results/masks/tile_000.tif --mask results/masks/tile_001.tif \\
           --model results/model -o results/summary.csv --plot results/training_curve.png
+      rsvae summarize --part parts/b0000.csv --part parts/b0001.csv -o results/summary.csv
     """
     from pipeline.report import summarize as run
 
-    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out, detections=detections)
+    rows = run(metrics, masks, output, model=model, plot=plot, out_html=html_out, detections=detections,
+               parts=parts)
     say(quiet, f"wrote {output} ({len(rows)} tiles)" + (f" and {plot}" if plot else ""))
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("scores", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--mask", type=click.Path(dir_okay=False), help="Anomaly mask to overlay (flagged pixels in cyan).")
+@click.argument("scores", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write for one SCORES raster.")
+@click.option("--outdir", type=click.Path(file_okay=False), help="Folder for the PNGs of many: OUTDIR/NAME.png.")
+@click.option("--mask", type=click.Path(dir_okay=False),
+              help="With -o: anomaly mask to overlay (flagged pixels in cyan).")
+@click.option("--mask-dir", type=click.Path(file_okay=False),
+              help="With --outdir: overlay each raster's mask MASK_DIR/NAME.tif.")
 @click.option("--band", type=int, help="Band of SCORES to show.  [default: rarity, else 1]")
 @click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def quicklook(scores: str, output: str, mask: str | None, band: int | None, max_size: int, quiet: bool) -> None:
-    """Draw a PNG quicklook of a SCORES raster (rarity on a fixed 0-8 scale, other bands stretched; nodata grey).
+def quicklook(scores: tuple[str, ...], output: str | None, outdir: str | None, mask: str | None,
+              mask_dir: str | None, band: int | None, max_size: int, quiet: bool) -> None:
+    """Draw a PNG quicklook of each SCORES raster (rarity on a fixed 0-8 scale, other bands
+    stretched; nodata grey).
 
     \b
-    Example:
+    Examples:
       rsvae quicklook results/scores/tile_000.tif --mask results/masks/tile_000.tif -o tile_000.png
+      rsvae quicklook results/scores/*.tif --mask-dir results/masks --outdir quicklooks
     """
     from pipeline.report import quicklook as draw
+    from pipeline.report import quicklook_tiles
 
     if max_size < 16:
         raise click.BadParameter("must be at least 16", param_hint="--max-size")
-    draw(scores, output, mask=mask, band=band, max_size=max_size)
+    if one_or_many(scores, output, outdir, {"--mask": mask}, {"--mask-dir": mask_dir}):
+        quicklook_tiles(scores, outdir, mask_dir=mask_dir, band=band, max_size=max_size,
+                        on_done=tile_reporter(quiet, lambda path: f"wrote {path}")).check()
+        return
+    draw(scores[0], output, mask=mask, band=band, max_size=max_size)
     say(quiet, f"wrote {output}")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("scores", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Detections to write: .gpkg (with a QGIS style), .geojson or .fgb.")
+@click.argument("scores", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Detections to write for one SCORES raster: .gpkg (with a QGIS style), .geojson or .fgb.")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="Folder for the detections of one or more SCORES rasters: OUTDIR/NAME.gpkg (see --format).")
+@click.option("--format", "suffix", type=click.Choice([".gpkg", ".geojson", ".fgb"]),
+              help="With --outdir: the files' format.  [default: .gpkg]")
 @click.option("--min-rarity", type=float,
               help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).  [default: 5]")
 @click.option("--fpr", type=float, help="Or: false-alarm rate per pixel (--fpr 1e-5 is --min-rarity 5).")
 @click.option("--min-pixels", type=int, help="Smallest group of flagged pixels kept.  [default: 1]")
 @common
-def detect(scores: str, output: str, min_rarity: float | None, fpr: float | None, min_pixels: int | None,
-           config_path: str | None, quiet: bool) -> None:
-    """Turn a SCORES raster into ranked detections: one polygon per 8-connected group of rare pixels.
+def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suffix: str | None,
+           min_rarity: float | None, fpr: float | None, min_pixels: int | None, config_path: str | None,
+           quiet: bool) -> None:
+    """Turn each SCORES raster into ranked detections: one polygon per 8-connected group of rare pixels.
 
     Attributes: tile, rank (1 = highest peak rarity), pixels, area_m2, peak_rarity, mean_rarity, peak_score,
     peak_row, peak_col (from 0), peak_x, peak_y (the raster's CRS), lon, lat (WGS84).
 
     \b
-    Example:
+    Examples:
       rsvae detect results/scores/tile_000.tif -o results/detections/tile_000.gpkg --min-rarity 5
+      rsvae detect results/scores/*.tif --outdir results/detections
     """
     from pipeline.detections import detect as run
+    from pipeline.detections import detect_tiles
     from pipeline.errors import InputError
 
     if min_rarity is not None and fpr is not None:
         raise InputError("give --min-rarity or --fpr, not both")
+    many = one_or_many(scores, output, outdir, {}, {"--format": suffix})
     s, _ = settings(config_path, "detect", min_rarity=min_rarity, min_pixels=min_pixels)
-    n = run(scores, output, min_rarity=None if fpr is not None else s["min_rarity"], fpr=fpr,
-            min_pixels=s["min_pixels"])
+    threshold = {"min_rarity": None if fpr is not None else s["min_rarity"], "fpr": fpr,
+                 "min_pixels": s["min_pixels"]}
+    if many:
+        detect_tiles(scores, outdir, suffix=suffix or ".gpkg", **threshold,
+                     on_done=tile_reporter(quiet, lambda r: f"wrote {r[0]}: {r[1]} detections")).check()
+        return
+    n = run(scores[0], output, **threshold)
     say(quiet, f"wrote {output}: {n} detections")
 
 
@@ -488,36 +599,50 @@ def review(detections: str, output: str, tiles: tuple[str, ...], count: int | No
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
-@click.argument("tile", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Feature raster to write (float32 COG; bands latent_1 ... latent_k).")
+@click.argument("tiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Feature raster to write for one TILE (float32 COG; bands latent_1 ... latent_k).")
+@click.option("--outdir", type=click.Path(file_okay=False),
+              help="Folder for the feature rasters of one or more TILES: OUTDIR/NAME.tif.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to encode.  [default: cpu]")
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
 @common
-def features(model: str, tile: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
-    """Write the VAE's latent features of every valid pixel of TILE: a float32 GeoTIFF with one band per latent
-    dimension (the posterior means), on TILE's grid, CRS and nodata.
+def features(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, config_path: str | None,
+             quiet: bool, **opts: Any) -> None:
+    """Write the VAE's latent features of every valid pixel of each TILE: a float32 GeoTIFF with one band per
+    latent dimension (the posterior means), on TILE's grid, CRS and nodata.
 
-    Uses the score section of --config for device, threads and chunk.
+    Uses the score section of --config for device, threads and chunk. With --outdir, the model loads once for
+    all TILES, a tile that fails is reported by name and the others go on (non-zero exit code if any failed).
 
     \b
-    Example:
+    Examples:
       rsvae features work/model demo/test/tile_000.tif -o work/features/tile_000.tif
+      rsvae features work/model demo/test/*.tif --outdir work/features
     """
     from pipeline.detectors import load_detector
     from pipeline.generative import features as write_features
-    from pipeline.generative import require_vae
+    from pipeline.generative import features_tiles, require_vae
     from pipeline.raster import describe
 
+    many = one_or_many(tiles, output, outdir, {}, {})
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = require_vae(load_detector(model, s["device"]), "rsvae features")
-    info = describe(tile)
+    latent = det.architecture["latent"]
+
+    def line(summary: Any) -> str:
+        return (f"wrote {summary.output}: {latent} latent bands for {summary.valid_pixels} of {summary.pixels} "
+                f"pixels in {summary.seconds:.1f} s")
+
+    if many:
+        features_tiles(det, tiles, outdir, chunk=s["chunk"], on_done=tile_reporter(quiet, line)).check()
+        return
+    info = describe(tiles[0])
     with pixel_bar(info.width * info.height, quiet, "features") as bar:
-        summary = write_features(det, tile, output, chunk=s["chunk"], progress=bar)
-    say(quiet, f"wrote {output}: {det.architecture['latent']} latent bands for {summary.valid_pixels} of "
-               f"{summary.pixels} pixels in {summary.seconds:.1f} s")
+        summary = write_features(det, tiles[0], output, chunk=s["chunk"], progress=bar)
+    say(quiet, line(summary))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
 from pipeline.files import atomic_path
 from pipeline.rarity import band_of
@@ -269,6 +270,21 @@ def detect(scores: str | Path, out: str | Path, *, min_rarity: float | None = No
     write(out, rows, shapely.to_wkb(np.array(geoms, dtype=object)) if geoms else [],
           info["crs"].to_wkt() if info["crs"] else None, sources, threshold, driver)
     return len(rows)
+
+
+def detect_tiles(scores: Sequence[str | Path], outdir: str | Path, *, suffix: str = ".gpkg",
+                 min_rarity: float | None = None, fpr: float | None = None, min_pixels: int = 1,
+                 on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+    """Detections of many score rasters in one process: ``outdir/NAME{suffix}`` each (``detect``); a bad raster
+    is recorded and the others go on (``pipeline.batch.run_tiles``)."""
+    driver_of(f"x{suffix}")  # an unknown format stops before any raster is read
+    jobs = plan_outputs(scores, {"detections": outdir}, suffix=suffix)
+
+    def one(job: TileJob) -> tuple[Path, int]:
+        out = job.outputs["detections"]
+        return out, detect(job.tile, out, min_rarity=min_rarity, fpr=fpr, min_pixels=min_pixels)
+
+    return run_tiles(jobs, one, on_done)
 
 
 def driver_of(path: str | Path) -> str:

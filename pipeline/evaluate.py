@@ -8,12 +8,14 @@ detections (background suppression) computed on scores scaled to [0, 1].
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
 from pipeline.rarity import CAP, PICTURE_MAX, band_of
@@ -83,6 +85,20 @@ def evaluate(scores_path: str | Path, truth_path: str | Path, out: str | Path | 
     if out is not None:
         write_json(result, out)
     return result
+
+
+def evaluate_tiles(scores: Sequence[str | Path], truth: str, outdir: str | Path, plots: str | Path | None = None,
+                   on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+    """Evaluate many score rasters in one process: ``outdir/NAME.json`` (and plots) per raster, its truth at
+    ``truth.format(tile=NAME)``; a bad pair is recorded and the others go on (``pipeline.batch.run_tiles``)."""
+    if "{tile}" not in truth:
+        raise InputError(f"--truth {truth!r}: needs {{tile}} where each tile's name goes, e.g. truth/{{tile}}.tif")
+    jobs = plan_outputs(scores, {"metrics": outdir}, suffix=".json")
+
+    def one(job: TileJob) -> dict[str, Any]:
+        return evaluate(job.tile, truth.replace("{tile}", job.name), job.outputs["metrics"], plots)
+
+    return run_tiles(jobs, one, on_done)
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:

@@ -1,5 +1,6 @@
-"""Atomic writes of small files (JSON, CSV, PNG): a temporary beside the target, renamed into place when complete;
-and an atomic swap of two paths (for model folders) where the system has one."""
+"""File-system helpers: atomic writes of small files (JSON, CSV, PNG) through a temporary beside the target,
+renamed into place when complete; creating an output's folder; and an atomic swap of two paths (for model folders)
+where the system has one."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def make_parent(path: Path) -> None:
+    """Create the folder of ``path`` and its parents; a file in the way is an error that names it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()),
+                       path.parent)
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder") from None
 
 
 #: renameat2 flag and "relative to the working directory" (linux/fs.h, fcntl.h)

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.detectors.base import Detector, file_digest
 from pipeline.detectors.vae import F32_MAX, VAEDetector
 from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
 from pipeline.files import atomic_path
-from pipeline.raster import describe, pixel_index, read_pixel
+from pipeline.raster import check_distinct, describe, pixel_index, read_pixel
 
 if TYPE_CHECKING:
     from pipeline.scoring import ScoreSummary
@@ -85,6 +86,20 @@ def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: in
 
     vae = require_vae(detector, "writing latent features")
     return score_raster(LatentMeans(vae), tile, out, chunk=chunk, progress=progress)
+
+
+def features_tiles(detector: Detector, tiles: Sequence[str | Path], outdir: str | Path, *, chunk: int = 65536,
+                   on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+    """Latent features of many tiles with one loaded VAE: ``outdir/NAME.tif`` per tile, a bad tile recorded and
+    the others going on (``pipeline.batch.run_tiles``)."""
+    vae = require_vae(detector, "writing latent features")
+    jobs = plan_outputs(tiles, {"features": outdir})
+
+    def one(job: TileJob) -> ScoreSummary:
+        check_distinct(job.tile, [job.outputs["features"]])
+        return features(vae, job.tile, job.outputs["features"], chunk=chunk)
+
+    return run_tiles(jobs, one, on_done)
 
 
 # --------------------------------------------------------------------------------------------- sampling

@@ -30,6 +30,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from pipeline.errors import InputError, OutputError
+from pipeline.files import make_parent
 
 #: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through.
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
@@ -824,16 +825,6 @@ def check_distinct(source: str | Path, outputs: Sequence[str | Path | None]) -> 
         if key in seen:
             raise OutputError(f"{out}: is also {seen[key]}; choose another output path")
         seen[key] = "another output"
-
-
-def make_parent(path: Path) -> None:
-    """Create the folder of ``path`` and its parents; a file in the way is an error that names it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()),
-                       path.parent)
-        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder") from None
 
 
 def _disk_note(folder: Path) -> str:

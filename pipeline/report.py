@@ -10,12 +10,13 @@ import csv
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
 from pipeline.raster import iter_band, read_preview
@@ -207,15 +208,50 @@ normal pixel in 10 000.</p></body></html>
     return Path(path)
 
 
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a table ``write_csv`` wrote (a partial summary): numbers as numbers, empty cells left out."""
+    def value(text: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    try:
+        with open(path, newline="") as f:
+            rows = [{k: (v if k == "tile" else value(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable summary table ({exc})") from None
+    if any("tile" not in r for r in rows):
+        raise InputError(f"{path}: not a summary table (no 'tile' column)")
+    return rows
+
+
 def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_csv: str | Path, *,
               model: str | Path | None = None, plot: str | Path | None = None,
-              out_html: str | Path | None = None, detections: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
-    """Write the per-tile table (CSV, optionally HTML) and, given a model, its training curve; return the rows."""
-    if not metrics and not masks and not detections:
-        raise InputError("nothing to summarize: give metrics files, --mask rasters and/or --detections files")
+              out_html: str | Path | None = None, detections: Sequence[str | Path] = (),
+              parts: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """Write the per-tile table (CSV, optionally HTML) and, given a model, its training curve; return the rows.
+
+    ``parts`` are earlier tables (``-o`` of this function) whose rows join the table: the workflow summarizes
+    each batch of tiles in its job, then merges the parts (one command line per batch, never one per tile).
+    """
+    if not metrics and not masks and not detections and not parts:
+        raise InputError("nothing to summarize: give metrics files, --mask rasters, --detections files and/or "
+                         "--part tables")
     if plot is not None and model is None:
         raise InputError(f"{plot}: a training curve needs --model")
-    rows = metrics_table(metrics, masks, detections)
+    rows = metrics_table(metrics, masks, detections) if (metrics or masks or detections) else []
+    seen = {r["tile"]: "this table" for r in rows}
+    for part in parts:
+        for row in read_table(part):
+            if row["tile"] in seen:
+                raise InputError(f"{part}: tile {row['tile']!r} is also in {seen[row['tile']]}; tile names must "
+                                 "be unique")
+            seen[row["tile"]] = str(part)
+            rows.append(row)
+    rows.sort(key=lambda r: r["tile"])
     write_csv(rows, out_csv)
     if out_html is not None:
         write_html(rows, out_html, model)
@@ -280,3 +316,17 @@ def quicklook(scores: str | Path, path: str | Path, *, mask: str | Path | None =
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     return Path(path)
+
+
+def quicklook_tiles(scores: Sequence[str | Path], outdir: str | Path, *, mask_dir: str | Path | None = None,
+                    band: int | None = None, max_size: int = 1024,
+                    on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+    """Quicklooks of many score rasters in one process: ``outdir/NAME.png`` each, its mask ``mask_dir/NAME.tif``
+    outlined; a bad raster is recorded and the others go on (``pipeline.batch.run_tiles``)."""
+    jobs = plan_outputs(scores, {"png": outdir}, suffix=".png")
+
+    def one(job: TileJob) -> Path:
+        mask = Path(mask_dir) / f"{job.name}.tif" if mask_dir is not None else None
+        return quicklook(job.tile, job.outputs["png"], mask=mask, band=band, max_size=max_size)
+
+    return run_tiles(jobs, one, on_done)

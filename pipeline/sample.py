@@ -23,16 +23,10 @@ import numpy as np
 import xarray as xr
 
 from pipeline import __version__
+from pipeline.batch import BatchResult, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
-from pipeline.raster import (
-    WindowReader,
-    file_name,
-    info_of,
-    is_dataset_name,
-    iter_windows,
-    make_parent,
-    open_raster,
-)
+from pipeline.files import make_parent
+from pipeline.raster import WindowReader, file_name, info_of, is_dataset_name, iter_windows, open_raster
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 
@@ -292,6 +286,15 @@ def load_sample(path: str | Path) -> Sample:
         stats=BandStats.from_dataset(ds),
         attrs=dict(ds.attrs),
     )
+
+
+def partial_tiles(paths: Sequence[str | Path], outdir: str | Path, max_pixels: int, seed: int = 0,
+                  on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+    """One partial sample per tile, ``outdir/NAME.nc``, in one process (the workflow's ingest batches); a bad
+    tile is recorded and the others go on (``pipeline.batch.run_tiles``)."""
+    jobs = plan_outputs(paths, {"part": outdir}, suffix=".nc")
+    return run_tiles(jobs, lambda job: write_sample(sample_tile(job.tile, max_pixels, seed), job.outputs["part"]),
+                     on_done)
 
 
 def ingest(paths: Sequence[str | Path], out: str | Path, *, max_pixels: int = 200_000, seed: int = 0,

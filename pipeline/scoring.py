@@ -11,19 +11,21 @@ import contextlib
 import shlex
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, RsvaeWarning
 from pipeline.raster import (
     Block,
     BlockReader,
     BlockWriter,
     RasterWriter,
+    check_distinct,
     commit_together,
     file_name,
     info_of,
@@ -153,6 +155,38 @@ def score_raster(
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
                         threshold, flagged if mask_out is not None else None,
                         finish_seconds=sum(w.finish_seconds for w in writers))
+
+
+def score_tiles(
+    detector: Detector,
+    tiles: Sequence[str | Path],
+    outdir: str | Path,
+    *,
+    mask_dir: str | Path | None = None,
+    fpr: float | None = None,
+    samples: int = 1,
+    seed: int = 0,
+    chunk: int = 65536,
+    on_done: Callable[[TileOutcome], None] | None = None,
+) -> BatchResult:
+    """Score many tiles with one loaded detector: ``outdir/NAME.tif`` (and ``mask_dir/NAME.tif``) per tile.
+
+    Each tile goes through ``score_raster`` as if alone (atomic outputs, same checks); a bad tile is recorded in
+    the result (``on_done`` hears it at once) and the others go on. The model's threshold is checked once, first,
+    so a model that cannot make masks stops before any tile.
+    """
+    if mask_dir is not None:
+        if fpr is None:
+            raise InputError("--mask-dir needs --fpr (the false-alarm rate that sets the threshold)")
+        detector.threshold(fpr)
+    jobs = plan_outputs(tiles, {"scores": outdir, "mask": mask_dir})
+
+    def one(job: TileJob) -> ScoreSummary:
+        check_distinct(job.tile, list(job.outputs.values()))
+        return score_raster(detector, job.tile, job.outputs["scores"], mask_out=job.outputs.get("mask"),
+                            fpr=fpr if mask_dir is not None else None, samples=samples, seed=seed, chunk=chunk)
+
+    return run_tiles(jobs, one, on_done)
 
 
 def rarity_of(detector: Detector) -> Callable[[np.ndarray], np.ndarray] | None:

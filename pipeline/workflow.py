@@ -9,8 +9,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,16 @@ PARTITION_ENV = "SBATCH_PARTITION"
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Tiles that one workflow job handles together, one process per step (``rsvae score TILES... --outdir``)."""
+
+    name: str
+    tiles: list[str]
+
+
+@dataclass(frozen=True)
 class Plan:
-    """The tiles a run works on, by tile name (the file stem, the workflow's ``{tile}`` wildcard)."""
+    """The tiles a run works on, by tile name (the file stem), and how they are batched into jobs."""
 
     results: str
     config_file: str
@@ -36,8 +44,17 @@ class Plan:
     truth: dict[str, str]
     demo_files: list[str] = field(default_factory=list)
     features: bool = False
+    #: the truth rasters' path with ``{tile}`` for the name (``rsvae evaluate --truth``)
+    truth_pattern: str = ""
+    #: targets and normal tiles in batches of ``cluster.tiles_per_job``, by sorted name
+    batches: list[Batch] = field(default_factory=list)
+    normal_batches: list[Batch] = field(default_factory=list)
     #: product folders and URLs to stack first (tile name -> folder or URL); their tiles are RESULTS/stacks/NAME.vrt
     stacks: dict[str, str] = field(default_factory=dict)
+
+    def truth_of(self, batch: Batch) -> list[str]:
+        """The tiles of ``batch`` that have a truth raster (they are evaluated)."""
+        return [t for t in batch.tiles if t in self.truth]
 
 
 def start(config: dict[str, Any], sources: Sequence[str | Path] = ()) -> Plan:
@@ -122,8 +139,26 @@ def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dic
     return out
 
 
+def batches(names: Sequence[str], size: int, prefix: str = "b") -> list[Batch]:
+    """``names`` sorted and cut into batches of at most ``size``, named ``{prefix}0000``, ``{prefix}0001``, ...
+
+    A batch's tiles are its job's inputs: adding or removing a tile shifts the later batches, which Snakemake
+    then reruns (their input lists changed); the earlier ones stay done.
+    """
+    ordered = sorted(names)
+    return [Batch(f"{prefix}{i // size:04d}", ordered[i:i + size]) for i in range(0, len(ordered), size)]
+
+
 def plan(config: dict[str, Any]) -> Plan:
-    """The run's tiles: the demo's (``demo: true``) or the ``normal``/``targets`` globs, and truth where it exists."""
+    """The run's tiles: the demo's (``demo: true``) or the ``normal``/``targets`` globs, truth where it exists,
+    and their batches of ``cluster.tiles_per_job`` (one job per batch and step)."""
+    plan = _tiles(config)
+    size = int((config.get("cluster") or {}).get("tiles_per_job") or 1)
+    return replace(plan, batches=batches(plan.targets, size), normal_batches=batches(plan.normal, size))
+
+
+def _tiles(config: dict[str, Any]) -> Plan:
+    """The run's tiles by name, before batching."""
     results = str(config["results"]).rstrip("/") or "."
     config_file = f"{results}/config.yaml"
     if config["demo"]:
@@ -144,7 +179,8 @@ def plan(config: dict[str, Any]) -> Plan:
         targets = {p.stem: str(p) for p in layout.test}
         truth = {p.stem: str(p) for p in layout.truth}
         files = [str(p) for p in (*layout.normal, *layout.test, *layout.truth)]
-        return Plan(results, config_file, normal, targets, truth, files, config["features"])
+        pattern = str(Path(s["outdir"]) / "truth" / "{tile}.tif")  # where synth.demo_layout puts them
+        return Plan(results, config_file, normal, targets, truth, files, config["features"], pattern)
     stacks: dict[str, str] = {}
     normal = _stacked(expand_tiles(config["normal"], "normal"), results, stacks)
     targets = _stacked(expand_tiles(config["targets"], "targets"), results, stacks)
@@ -152,15 +188,15 @@ def plan(config: dict[str, Any]) -> Plan:
         raise ConfigError("normal: no tiles to train on; list globs of normal tiles")
     if not targets:
         raise ConfigError("targets: no tiles to score; list globs of target tiles")
-    truth = {}
-    for name in targets:
-        try:
-            path = config["truth"].format(tile=name)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"truth: {config['truth']!r} is not a pattern with {{tile}} ({exc})") from None
-        if os.path.isfile(path):
-            truth[name] = path
-    return Plan(results, config_file, normal, targets, truth, [], config["features"], stacks)
+    pattern = config["truth"]
+    try:
+        pattern.format(tile="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"truth: {pattern!r} is not a pattern with {{tile}} ({exc})") from None
+    if "{tile}" not in pattern:
+        raise ConfigError(f"truth: {pattern!r} has no {{tile}}; every target would share one truth raster")
+    truth = {name: path for name in targets if os.path.isfile(path := pattern.replace("{tile}", name))}
+    return Plan(results, config_file, normal, targets, truth, [], config["features"], pattern, stacks=stacks)
 
 
 def stack_input(source: str) -> list[str]:
@@ -199,3 +235,13 @@ def write_config(config: dict[str, Any], path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+def batch_runtime(tiles: int, per_tile: int, base: int = 10) -> Callable[[Any, int], int]:
+    """A rule's ``runtime`` resource (minutes) for a batch of ``tiles``: ``base + per_tile * tiles``, times the
+    attempt (the SLURM profile's retries get longer limits)."""
+
+    def runtime(wildcards: Any, attempt: int) -> int:
+        return (base + per_tile * tiles) * attempt
+
+    return runtime

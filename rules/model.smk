@@ -14,6 +14,8 @@ rule train:
     params:
         config=CFG,
         settings=config["train"],
+    group:
+        MODEL_GROUP
     # one torch thread: for this small MLP two threads ran 4-5x slower on a shared 2-core machine
     threads: 1
     resources:

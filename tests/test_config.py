@@ -43,3 +43,23 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_workflow_config_repeats_only_the_schemas_defaults():
+    """configs/config.yaml shows the settings a user may change; every value it sets is the schema's default,
+    so the workflow trains and scores the same model as the rsvae commands with no --config."""
+    from pathlib import Path
+
+    import yaml
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    repeated = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "config.yaml").read_text())
+    defaults = dict(leaves(validate({})))
+    differs = {key: (value, defaults.get(key)) for key, value in leaves(repeated) if defaults.get(key) != value}
+    assert not differs, f"configs/config.yaml differs from pipeline/schema.yaml's defaults: {differs}"

@@ -48,3 +48,14 @@ def test_model_folder_replaced_whole_either_way(tmp_path, monkeypatch, can_excha
     _save(tmp_path / "model", 2)
     assert json.loads((tmp_path / "model" / "model.json").read_text())["value"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_detectors_import_no_raster_code():
+    """Detectors never see a file: importing every detector leaves pipeline.raster unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.detectors, pipeline.detectors.vae, pipeline.detectors.rx; "
+            "print('pipeline.raster' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

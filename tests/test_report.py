@@ -198,3 +198,25 @@ def test_table_counts_each_tiles_detections(tmp_path, scored):
     assert row["detections"] == n > 0 and row["flagged_pixels"] == mask_counts(mask)["flagged_pixels"]
     assert row["detections_rarity_ge_4"] == sum(p >= 4 for p in peaks) and row["top_rarity"] == max(peaks)
     assert rows["quiet"]["detections"] == 0 and rows["quiet"]["top_rarity"] is None
+
+
+def test_summary_parts_merge_into_one_table(tmp_path, scored):
+    """Per-batch tables merged with --part give the table of all tiles at once (the workflow's way at scale)."""
+    import shutil
+
+    from pipeline.evaluate import evaluate
+
+    scores, mask, truth = scored
+    metrics = tmp_path / f"{scores.stem}.json"
+    evaluate(scores, truth, metrics)
+    other = shutil.copy(mask, tmp_path / "other.tif")
+    summarize([metrics], [mask], tmp_path / "a.csv")
+    summarize([], [other], tmp_path / "b.csv")
+    merged = summarize([], [], tmp_path / "all.csv", parts=[tmp_path / "b.csv", tmp_path / "a.csv"])
+    summarize([metrics], [mask, other], tmp_path / "direct.csv")
+    assert [r["tile"] for r in merged] == sorted([scores.stem, "other"])
+    assert (tmp_path / "all.csv").read_text() == (tmp_path / "direct.csv").read_text()
+    row = {r["tile"]: r for r in merged}[scores.stem]
+    assert isinstance(row["valid_pixels"], int) and 0.5 < row["roc_auc"] <= 1  # numbers again, not text
+    with pytest.raises(InputError, match="is also in"):
+        summarize([], [mask], tmp_path / "dup.csv", parts=[tmp_path / "a.csv"])

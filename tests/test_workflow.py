@@ -29,9 +29,10 @@ TINY = {
     "ingest": {"max_pixels": 1500},
     "train": {"epochs": 3, "patience": 0, "batch_size": 256},
 }
-#: Jobs of the tiny demo, by rule.
-TINY_JOBS = {"demo": 1, "ingest": 2, "merge": 1, "train": 1, "score": 2, "quicklook": 2, "evaluate": 2,
-             "features": 2, "detect": 2, "merge_detections": 1, "review": 1, "summarize": 1, "all": 1}
+#: Jobs of the tiny demo, by rule: its two normal and two target tiles are one batch each (tiles_per_job 25).
+TINY_JOBS = {"demo": 1, "ingest_b0000": 1, "merge": 1, "train": 1, "score_b0000": 1, "quicklook_b0000": 1,
+             "evaluate_b0000": 1, "features_b0000": 1, "detect_b0000": 1, "summarize_b0000": 1,
+             "merge_detections": 1, "review": 1, "summarize": 1, "all": 1}
 
 
 # ---- planning (pipeline/workflow.py) ---------------------------------------------------------------------
@@ -89,6 +90,33 @@ def test_start_stops_with_the_key_and_the_config_files():
         wf.start({"train": {"epochs": "x"}}, ["my.yaml"])
     with pytest.raises(WorkflowError, match="normal: '/nonexistent/.*' matches no file"):
         wf.start({"demo": False, "normal": ["/nonexistent/*.tif"]})
+
+
+def test_tiles_are_batched_by_sorted_name():
+    from pipeline.config import validate
+
+    assert wf.batches(["c", "a", "e", "b", "d"], 2) == [
+        wf.Batch("b0000", ["a", "b"]), wf.Batch("b0001", ["c", "d"]), wf.Batch("b0002", ["e"])]
+    assert wf.batches([], 3) == []
+    plan = wf.plan(validate({"cluster": {"tiles_per_job": 1}, "synth": {"tiles_test": 3}}))
+    assert [b.tiles for b in plan.batches] == [["tile_000"], ["tile_001"], ["tile_002"]]
+    assert [len(b.tiles) for b in plan.normal_batches] == [1] * 4
+    assert plan.truth_of(plan.batches[1]) == ["tile_001"]
+    assert plan.truth_pattern.replace("{tile}", "tile_001") == plan.truth["tile_001"]
+
+
+def test_truth_pattern_needs_the_tile(tmp_path):
+    from pipeline.config import validate
+
+    (tmp_path / "t.tif").touch()
+    with pytest.raises(ConfigError, match="truth: .* has no {tile}"):
+        wf.plan(validate({"demo": False, "normal": [f"{tmp_path}/*.tif"], "targets": [f"{tmp_path}/*.tif"],
+                          "truth": f"{tmp_path}/truth.tif"}))
+
+
+def test_batch_runtime_grows_with_tiles_and_attempts():
+    assert wf.batch_runtime(25, per_tile=2)(None, 1) == 60
+    assert wf.batch_runtime(25, per_tile=2)(None, 2) == 120
 
 
 def test_cluster_account_and_partition_from_config_then_environment():
@@ -181,10 +209,9 @@ def test_demo_runs_end_to_end_and_builds_the_report(repo):
         for png in [res / "quicklooks" / f"{t}.png", *(res / "plots" / f"{t}_{k}.png"
                                                      for k in ("roc", "quicklook", "histogram"))]:
             assert png.read_bytes()[:4] == b"\x89PNG"
-        for step in ("ingest", "score", "quicklook", "evaluate"):
-            name = t if step != "ingest" else t.replace("tile", "normal")
-            assert (res / "logs" / step / f"{name}.log").is_file()
-            assert (res / "benchmarks" / step / f"{name}.tsv").is_file()
+    for step in ("ingest", "score", "quicklook", "evaluate", "features"):  # one batch of each
+        assert (res / "logs" / step / "b0000.log").is_file()
+        assert (res / "benchmarks" / step / "b0000.tsv").is_file()
     # every job read the run's config: the model trained for the test config's 3 epochs
     model = json.loads((res / "model" / "model.json").read_text())
     assert model["training"]["epochs_run"] == 3 and model["config"]["synth"]["size"] == 32
@@ -219,13 +246,17 @@ def test_slurm_profile_dry_run_plans_every_job_with_account_partition_and_gpu(re
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:]
     assert job_counts(run.stdout) == TINY_JOBS
-    resources = re.findall(r"^rule (\w+):.*?resources: ([^\n]*)", run.stdout, re.M | re.S)
+    resources = re.findall(r"^\s*rule (\w+):.*?resources: ([^\n]*)", run.stdout, re.M | re.S)
     assert {rule for rule, _ in resources} == set(TINY_JOBS)
     for rule, res in resources:
         if rule != "all":
             assert "slurm_account=proj42" in res and "slurm_partition=batch" in res, (rule, res)
             assert re.search(r"\bmem_mb=\d+", res) and re.search(r"\bruntime=\d+", res)
         assert ("gpu=1" in res) == (rule == "train"), (rule, res)
+    # a batch's per-tile steps are one group job (printed indented); merge and train are not grouped when
+    # training asks for a GPU
+    grouped = set(re.findall(r"^ +rule (\w+):", run.stdout, re.M))
+    assert grouped == {"score_b0000", "quicklook_b0000", "evaluate_b0000", "features_b0000", "summarize_b0000"}
     assert not (repo / "results").exists() and not (repo / "demo").exists()
 
 

@@ -24,8 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import __version__, rarity
 from pipeline.errors import InputError, ModelError, OutputError
-from pipeline.files import exchange
-from pipeline.raster import make_parent
+from pipeline.files import exchange, make_parent
 
 MODEL_FORMAT = "rsvae-model/1"
 WEIGHTS = "weights.safetensors"
