@@ -341,7 +341,7 @@ def _score_line(summary: Any, fpr: float | None) -> str:
 @click.argument("model", type=click.Path())
 @click.argument("tiles", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Score raster to write for one TILE (float32 COG; bands score, reconstruction, kl, rarity;
+              help="Score raster to write for one TILE (float32 COG; bands score, reconstruction, kl, rarity; "
                    "a QGIS .qml beside it).")
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="Folder for the score rasters of one or more TILES: OUTDIR/NAME.tif (NAME = tile file name "
