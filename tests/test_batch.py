@@ -36,7 +36,8 @@ def test_score_many_tiles_writes_each_and_names_the_bad_one(model_dir, tiles, tm
     assert code == 1
     assert f"Error: {tiles[1]}: not a readable raster" in output
     assert output.strip().splitlines()[-1] == f"Error: 1 of 3 tiles failed: {tiles[1]}"
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in masks.iterdir()) == ["a.tif", "c.tif"]
+    assert sorted(p.name for p in out.glob("*.tif")) == sorted(p.name for p in masks.iterdir()) == ["a.tif", "c.tif"]
+    assert sorted(p.name for p in out.glob("*.qml")) == ["a.qml", "c.qml"]  # each score raster's QGIS style
     # each output is what scoring the tile alone gives
     alone = tmp_path / "alone.tif"
     assert invoke("score", model_dir, tiles[0], "-o", alone, "-q")[0] == 0
