@@ -152,6 +152,9 @@ rule merge_detections:
         f"{R}/logs/merge_detections.log",
     benchmark:
         f"{R}/benchmarks/merge_detections.tsv"
+    # with the review page: one cluster job
+    group:
+        "detections"
     threads: 1
     resources:
         mem_mb=2000,
@@ -177,6 +180,8 @@ rule review:
         f"{R}/logs/review.log",
     benchmark:
         f"{R}/benchmarks/review.tsv"
+    group:
+        "detections"
     params:
         config=CFG,
         settings=config["detect"],

@@ -19,9 +19,9 @@ from tests.test_workflow import check_geotiff, job_counts, repo, snakemake  # no
 #: A 12-target demo (two batches would need more than cluster.tiles_per_job targets: 12 fit one).
 DEMO12 = {"synth": {"size": 32, "bands": 8, "tiles_normal": 4, "tiles_test": 12},
           "ingest": {"max_pixels": 1500}, "train": {"epochs": 3, "patience": 0, "batch_size": 256}}
-#: What SLURM runs for it: one job for the ingest batch, merge+train, the target batch's group, the summary
-#: (the demo data are made on the submitting machine, `all` is local too).
-SLURM_JOBS = 4
+#: What SLURM runs for it: one job for the ingest batch, merge+train, the target batch's group, the summary, the
+#: merged detections with their review page (the demo data are made on the submitting machine, `all` is local too).
+SLURM_JOBS = 5
 
 
 def _slurm_works() -> bool:
@@ -48,7 +48,8 @@ def test_demo_through_the_slurm_profile_makes_every_output_in_few_jobs(repo):  #
     res, tiles = repo / "results", [f"tile_{i:03d}" for i in range(12)]
     for t in tiles:
         like = repo / "demo" / "test" / f"{t}.tif"
-        check_geotiff(res / "scores" / f"{t}.tif", like, 3, "float32")
+        check_geotiff(res / "scores" / f"{t}.tif", like, 4, "float32")
+        assert (res / "detections" / f"{t}.gpkg").is_file()
         check_geotiff(res / "masks" / f"{t}.tif", like, 1, "uint8")
         with rasterio.open(res / "masks" / f"{t}.tif") as ds:
             assert set(np.unique(ds.read())) <= {0, 1, 255}
@@ -59,6 +60,7 @@ def test_demo_through_the_slurm_profile_makes_every_output_in_few_jobs(repo):  #
     rows = (res / "summary.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == tiles
     assert (res / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (res / "detections.gpkg").is_file() and "Detections" in (res / "review.html").read_text()
 
     # the jobs SLURM accounted for this run (named after Snakemake's SLURM run ID), all completed
     run_id = re.search(r"SLURM run ID: (\S+)", run.stdout)[1]
