@@ -109,7 +109,7 @@ def test_ingest_quicklook_and_evaluate_many(demo, model_dir, tmp_path):
     lone = shutil.copy(demo.test[0], tmp_path / "lone.tif")  # a target without truth
     assert invoke("score", model_dir, demo.test[0], lone, "--outdir", scores, "--mask-dir", masks,
                   "--fpr", 0.01, "-q")[0] == 0
-    rasters = sorted(scores.iterdir())
+    rasters = sorted(scores.glob("*.tif"))  # not the .qml styles beside them
     code, output = invoke("quicklook", *rasters, "--mask-dir", masks, "--outdir", tmp_path / "ql", "-q")
     assert code == 0 and sorted(p.name for p in (tmp_path / "ql").iterdir()) == [f"{r.stem}.png" for r in rasters]
     truth = str(demo.truth[0].parent / "{tile}.tif")

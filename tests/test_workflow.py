@@ -253,10 +253,11 @@ def test_slurm_profile_dry_run_plans_every_job_with_account_partition_and_gpu(re
             assert "slurm_account=proj42" in res and "slurm_partition=batch" in res, (rule, res)
             assert re.search(r"\bmem_mb=\d+", res) and re.search(r"\bruntime=\d+", res)
         assert ("gpu=1" in res) == (rule == "train"), (rule, res)
-    # a batch's per-tile steps are one group job (printed indented); merge and train are not grouped when
-    # training asks for a GPU
+    # a batch's per-tile steps are one group job (printed indented), the merged detections and their review page
+    # another; merge and train are not grouped when training asks for a GPU
     grouped = set(re.findall(r"^ +rule (\w+):", run.stdout, re.M))
-    assert grouped == {"score_b0000", "quicklook_b0000", "evaluate_b0000", "features_b0000", "summarize_b0000"}
+    assert grouped == {"score_b0000", "quicklook_b0000", "evaluate_b0000", "features_b0000", "detect_b0000",
+                       "summarize_b0000", "merge_detections", "review"}
     assert not (repo / "results").exists() and not (repo / "demo").exists()
 
 
@@ -334,6 +335,6 @@ def test_product_folders_run_through_the_workflow(repo):
     with rasterio.open(res / "stacks" / "S2A_MSIL2A_20240600T103031_0_0.vrt") as ds:
         assert ds.descriptions == ("B02", "B03", "B04", "B08", "B8A") and ds.res == (10, 10)
     target = "S2A_MSIL2A_20240602T103031_2_0"
-    check_geotiff(res / "scores" / f"{target}.tif", res / "stacks" / f"{target}.vrt", 3, "float32")
+    check_geotiff(res / "scores" / f"{target}.tif", res / "stacks" / f"{target}.vrt", 4, "float32")
     model = json.loads((res / "model" / "model.json").read_text())
     assert model["wavelengths"] == [490, 560, 665, 842, 865]
