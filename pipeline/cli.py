@@ -302,6 +302,7 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to score.  [default: cpu]")
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@click.option("--fast/--exact", default=None, help="VAE: the folded scoring path, or the previous one.  [default: fast]")
 @common
 def score(model: str, tile: str, output: str, mask_out: str | None, config_path: str | None, quiet: bool,
           **opts: Any) -> None:
@@ -327,7 +328,7 @@ def score(model: str, tile: str, output: str, mask_out: str | None, config_path:
     with pixel_bar(info.width * info.height, quiet, "score") as bar:
         summary = score_raster(det, tile, output, mask_out=mask_out,
                                fpr=s["fpr"] if mask_out else None,
-                               samples=s["samples"], seed=s["seed"], chunk=s["chunk"], progress=bar)
+                               samples=s["samples"], seed=s["seed"], chunk=s["chunk"], progress=bar, fast=s["fast"])
     msg = f"wrote {output}: {summary.valid_pixels} of {summary.pixels} pixels scored in {summary.seconds:.1f} s"
     if summary.flagged is not None:
         msg += f"; {summary.flagged} flagged above {summary.threshold:.4g} (fpr {s['fpr']})"

@@ -78,6 +78,7 @@ def score_raster(
     chunk: int = 65536,
     progress: Callable[[int], None] | None = None,
     readers: int = 2,
+    fast: bool = True,
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
@@ -87,12 +88,15 @@ def score_raster(
     Reading (``readers`` threads, a dataset handle each), the detector and writing run overlapped, with bounded
     queues between them, so memory stays bounded by a few windows whatever the tile's size. The detector runs in
     the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
+    ``fast=False`` is handed to the detector (the VAE's previous scoring path instead of the folded one).
     """
     if mask_out is not None and fpr is None:
         raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
+    if not fast:  # only then: detectors without the option keep working as before
+        options["fast"] = False
     with open_raster(tile) as ds:
         info = info_of(ds)
         detector.check_bands(info.count, str(tile))

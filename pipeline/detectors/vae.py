@@ -303,18 +303,20 @@ class VAEDetector(Detector):
 
     # ---- scoring
     def score(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
-              chunk: int = 65536) -> dict[str, np.ndarray]:
+              chunk: int = 65536, fast: bool = True) -> dict[str, np.ndarray]:
         """Per-pixel ``score`` = reconstruction + beta * KL, and the two terms, for ``pixels`` (n, bands).
 
         The KL term is at the posterior; the reconstruction term at the posterior mean, or averaged over
         ``samples`` posterior draws (seeded) when ``samples`` > 1 (that goes the reference path, ``score_tensor``).
+        ``fast`` (the default): the folded scorer where the model has one (``vae_inference.FoldedScorer``), else
+        the previous fast path (``ChunkScorer``); both equal the reference path within float32 rounding.
         """
         self.check_bands(pixels.shape[1], "input")
         if samples <= 1:
             pixels = np.asarray(pixels)
             if pixels.T.flags.c_contiguous and not pixels.flags.c_contiguous:  # a view of band-major memory
-                return self._fast(pixels.T, True, chunk)
-            return self._fast(pixels, False, chunk)
+                return self._fast(pixels.T, True, chunk, fast)
+            return self._fast(pixels, False, chunk, fast)
         out = {k: np.empty(pixels.shape[0], np.float32) for k in self.outputs}
         gen = torch.Generator(device=self.device).manual_seed(seed)
         for i in range(0, pixels.shape[0], chunk):
@@ -325,14 +327,14 @@ class VAEDetector(Detector):
         return out
 
     def score_bands(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
-                    chunk: int = 65536) -> dict[str, np.ndarray]:
+                    chunk: int = 65536, fast: bool = True) -> dict[str, np.ndarray]:
         """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block: no transposed copy."""
         self.check_bands(pixels.shape[0], "input")
         if samples > 1:
             return self.score(np.asarray(pixels).T, samples, seed, chunk)
-        return self._fast(pixels, True, chunk)
+        return self._fast(pixels, True, chunk, fast)
 
-    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int) -> dict[str, np.ndarray]:
+    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int, fast: bool = True) -> dict[str, np.ndarray]:
         """The fast path of ``score``/``score_bands`` (``vae_inference``): the layers on cache-sized chunks in the
         input's own layout with reused buffers, float32 normalisation on the fly, no float64 or transposed copy
         of the input. Equal to ``score_tensor`` within float32 rounding."""
@@ -341,24 +343,26 @@ class VAEDetector(Detector):
         n = pixels.shape[1] if band_major else pixels.shape[0]
         out = {k: np.empty(n, np.float32) for k in self.outputs}
         if n:
-            score_chunks(self, pixels, band_major, chunk, out)
+            score_chunks(self, pixels, band_major, chunk, out, fast)
             for v in out.values():
                 np.nan_to_num(v, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return out
 
-    def _plan(self, band_major: bool = True) -> Any:
-        """The fast path's plan of this model for one memory layout (``vae_inference.ChunkScorer``), rebuilt when
-        the weights, the residual covariance, the normalisation or the device change."""
-        from pipeline.detectors.vae_inference import ChunkScorer
+    def _plan(self, band_major: bool = True, fast: bool = True) -> Any:
+        """The fast path's plan of this model for one memory layout: ``vae_inference.FoldedScorer`` where ``fast``
+        and the model has one (Gaussian or MSE term), else ``ChunkScorer``; rebuilt when the weights, the residual
+        covariance, the normalisation or the device change."""
+        from pipeline.detectors.vae_inference import ChunkScorer, FoldedScorer
 
         key = (self.module, tuple(p._version for p in self.module.parameters()), self.device,
                self.offset.tobytes(), self.scale.tobytes())
         if getattr(self, "_plan_key", None) != key:
-            self._plans: dict[bool, Any] = {}
+            self._plans: dict[tuple[bool, bool], Any] = {}
             self._plan_key = key
-        if band_major not in self._plans:
-            self._plans[band_major] = ChunkScorer(self, band_major)
-        return self._plans[band_major]
+        folded = fast and self.architecture["reconstruction"] in ("gaussian", "mse")
+        if (band_major, folded) not in self._plans:
+            self._plans[band_major, folded] = (FoldedScorer if folded else ChunkScorer)(self, band_major)
+        return self._plans[band_major, folded]
 
     def score_terms(self, x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor,
                     logvar: torch.Tensor) -> dict[str, torch.Tensor]:
