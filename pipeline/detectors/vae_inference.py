@@ -10,8 +10,10 @@ within float32 rounding; ``tests/test_vae.py`` checks it and ``benchmarks/fast_p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -150,10 +152,13 @@ class ChunkScorer:
         torch.add(rec, kl, alpha=self.beta, out=score)
 
 
-#: Pixels per step of the folded scorer: its largest intermediate (hidden + 1 rows x chunk float32, about 1 MiB at
-#: 128 x 2048) still fits the L2 cache, and twice the chunk halves the per-step overhead of the Python loop
-#: (measured: 2048 beat 1024 by 5-7 % and 4096 by 2-3 % at 64 and 205 bands, one core).
-FOLDED_CHUNK = 2048
+#: Pixels per step of the folded scorer: its working set (input, one hidden buffer shared by the encoder and the
+#: decoder, the squared residual: about 1.1 MiB at 64 bands) stays in L2 (measured interleaved, one core: 1024
+#: beat 512 and 2048 by 2-4 %, at 64 and 224 bands).
+FOLDED_CHUNK = 1024
+#: Products ``FoldedScorer(low_precision=...)`` can run with bfloat16 inputs: measured by the benchmarks
+#: (``benchmarks/inference_profile.py``, ``benchmarks/fast_path_auc.py --levers``), not used by default.
+LOW_PRECISION_PRODUCTS = ("encoder", "output", "whiten")
 
 
 class FoldedScorer:
@@ -175,10 +180,15 @@ class FoldedScorer:
     float32 rounding; ``benchmarks/fast_path_auc.py`` checks ROC AUC and the mask calibration.
     """
 
-    def __init__(self, det: VAEDetector, band_major: bool = True):
+    def __init__(self, det: VAEDetector, band_major: bool = True, low_precision: Iterable[str] = ()):
         m = det.module
         self.device = det.device
         self.band_major = band_major
+        # a lever the benchmarks measure, not a default: these products with bfloat16 inputs (float32 accumulation)
+        low = set(low_precision)
+        if low - set(LOW_PRECISION_PRODUCTS):
+            raise ValueError(f"unknown products {sorted(low - set(LOW_PRECISION_PRODUCTS))}")
+        self.precision = {k: (_bf16_products if k in low else contextlib.nullcontext) for k in LOW_PRECISION_PRODUCTS}
         self.kind = det.architecture["reconstruction"]
         if self.kind not in ("gaussian", "mse"):
             raise ValueError(f"no folded path for a {self.kind!r} reconstruction term")
@@ -239,7 +249,7 @@ class FoldedScorer:
             x = empty((B + 1, n) if self.band_major else (n, B + 1))
             (x[B] if self.band_major else x[:, B]).fill_(1.0)  # the row of ones that multiplies the biases
             new = {"x": x, "ml": empty(self.ml.shape[0], n), "out": empty(3, n)}
-            for i, w in enumerate(self.encoder + self.decoder):
+            for i, w in enumerate(self.encoder):  # the decoder's hidden layers reuse them, mirrored
                 new[f"h{i}"] = empty(w.shape[0], n)
             z = empty(self.sums.shape[1], n)  # squared (whitened) residual, KL terms, a row of ones
             z[-1].fill_(1.0)
@@ -259,21 +269,24 @@ class FoldedScorer:
             xin.mul_(self.inv_scale)
         h, i = (xb if self.band_major else xb.T), 0
         for w in self.encoder:
-            h = torch.mm(w, h, out=buf[f"h{i}"]).relu_()  # the row of ones passes the ReLU unchanged
+            with self.precision["encoder"]():
+                h = torch.mm(w, h, out=buf[f"h{i}"]).relu_()  # the row of ones passes the ReLU unchanged
             i += 1
         both = torch.mm(self.ml, h, out=buf["ml"])
         mu, logvar = both[:L], both[L + 1:]
         logvar.clamp_(*LOGVAR_RANGE)
         g = both[:L + 1]
-        for w in self.decoder:
+        for w in self.decoder:  # widths mirror the encoder's: write over its buffers, a smaller working set
+            i -= 1
             g = torch.mm(w, g, out=buf[f"h{i}"]).relu_()
-            i += 1
         r = xin if self.band_major else xin.T  # (bands, n)
-        r.addmm_(self.output, g, alpha=-1.0)  # the residual, in place (its sign does not matter to a square)
+        with self.precision["output"]():
+            r.addmm_(self.output, g, alpha=-1.0)  # the residual, in place (its sign does not matter to a square)
         z = buf["z"]
         k = z.shape[0] - L - 1
         if self.whiten is not None:
-            torch.mm(self.whiten, r, out=z[:k]).square_()
+            with self.precision["whiten"]():
+                torch.mm(self.whiten, r, out=z[:k]).square_()
         else:
             torch.square(r, out=z[:k])
         t = torch.exp(logvar, out=z[k:k + L])
@@ -282,6 +295,19 @@ class FoldedScorer:
         score.copy_(out[0])
         rec.copy_(out[1])
         kl.copy_(out[2])
+
+
+@contextlib.contextmanager
+def _bf16_products() -> Iterator[None]:
+    """float32 matrix products inside run with bfloat16 inputs and float32 accumulation (oneDNN; AMX where the
+    CPU has it). Process-wide while it lasts: for measurements, not for concurrent callers."""
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
 
 
 def _with_bias(w: torch.Tensor, b: torch.Tensor | None, ones: bool) -> torch.Tensor:
