@@ -217,3 +217,15 @@ def test_bce_models_keep_the_previous_path_when_fast(sample_file):
     det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
     assert type(det._plan(True, True)) is ChunkScorer
     _assert_close_to_reference(det, s.pixels[:500], det.score(s.pixels[:500], fast=True))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "mse", "bce"])
+def test_training_loss_is_the_mean_of_the_per_pixel_terms(kind):
+    """The fused training loss equals averaging the per-pixel reconstruction and KL terms (any beta)."""
+    from pipeline.detectors.vae import mean_loss, reconstruction_term
+
+    g = torch.Generator().manual_seed(0)
+    x, xhat = torch.rand(300, 7, generator=g), torch.rand(300, 7, generator=g)
+    mu, logvar = torch.randn(300, 3, generator=g), torch.randn(300, 3, generator=g)
+    expected = (reconstruction_term(x, xhat, kind) + 0.7 * kl_term(mu, logvar)).mean()
+    torch.testing.assert_close(mean_loss(x, xhat, mu, logvar, kind, 0.7), expected, rtol=1e-5, atol=1e-6)

@@ -109,6 +109,26 @@ def kl_term(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
 
 
+def mean_loss(x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, kind: str,
+              beta: float) -> torch.Tensor:
+    """The training loss: the mean over pixels of ``reconstruction_term`` (unit variance) + beta * ``kl_term``.
+
+    The same quantity as averaging the per-pixel terms, with whole-batch reductions (one fused kernel for the
+    reconstruction term): fewer operations for autograd to record and replay at every step.
+    """
+    n = x.shape[0]
+    if kind == "gaussian":
+        rec = nn.functional.mse_loss(xhat, x, reduction="sum") * (0.5 / n)
+    elif kind == "mse":
+        rec = nn.functional.mse_loss(xhat, x)
+    elif kind == "bce":
+        rec = nn.functional.binary_cross_entropy(xhat.clamp(1e-6, 1 - 1e-6), x, reduction="sum") / n
+    else:
+        raise ValueError(f"unknown reconstruction term {kind!r}")
+    kl = (mu.square() + logvar.exp() - logvar).sum() * (0.5 / n) - 0.5 * mu.shape[1]
+    return rec + beta * kl
+
+
 class VAEDetector(Detector):
     """A fitted VAE with its input normalisation, training record and score calibration."""
 
@@ -274,7 +294,7 @@ class VAEDetector(Detector):
             for i in range(0, n, bs):
                 xb = shuffled[i:i + bs]
                 xhat, mu, logvar = m(xb)
-                loss = (reconstruction_term(xb, xhat, kind) + beta * kl_term(mu, logvar)).mean()
+                loss = mean_loss(xb, xhat, mu, logvar, kind, beta)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -283,7 +303,7 @@ class VAEDetector(Detector):
             m.eval()
             with torch.inference_mode():
                 xhat, mu, logvar = m(x_val)
-                val = float((reconstruction_term(x_val, xhat, kind) + beta * kl_term(mu, logvar)).mean())
+                val = float(mean_loss(x_val, xhat, mu, logvar, kind, beta))
             rec = {"epoch": epoch, "epochs": epochs, "train_loss": float(total) / n, "val_loss": val,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
