@@ -122,21 +122,18 @@ def breakdown_folded(det, x: np.ndarray) -> dict[str, float]:
     from pipeline.detectors.vae_inference import FOLDED_CHUNK, FoldedScorer
 
     p, n = FoldedScorer(det, True), FOLDED_CHUNK
-    buf = p.buffers(n)
+    v = p.buffers(n)
     xt = torch.from_numpy(np.ascontiguousarray(x[:, :n]))
-    B, L = p.bands, p.latent
-    xb, ml, z = buf["x"], buf["ml"], buf["z"]
-    k = z.shape[0] - L - 1
+    out = torch.empty(3, n)
     stages = {
-        "centre x - offset (scale folded)": lambda: torch.sub(xt, p.offset, out=xb[:B]),
-        "encoder: [W1/s, b] [x; 1], ReLU": lambda: torch.mm(p.encoder[0], xb, out=buf["h0"]).relu_(),
-        "mu, ones, logvar: one product": lambda: torch.mm(p.ml, buf["h0"], out=ml),
-        "decoder hidden, ReLU": lambda: torch.mm(p.decoder[0], ml[:L + 1], out=buf["h1"]).relu_(),
-        "decoder output: residual in place": lambda: xb[:B].addmm_(p.output, buf["h1"], alpha=-1.0),
-        "whitening: k x B product, square": lambda: torch.mm(p.whiten, xb[:B], out=z[:k]).square_(),
+        "centre x - offset (scale folded)": lambda: torch.sub(xt, p.offset, out=v.xin),
+        "encoder: [W1/s, b] [x; 1], ReLU": lambda: torch.mm(p.encoder[0], v.x, out=v.hidden[0]).relu_(),
+        "mu, ones, logvar: one product": lambda: torch.mm(p.ml, v.hidden[0], out=v.ml),
+        "decoder hidden, ReLU": lambda: torch.mm(p.decoder[0], v.mu1, out=v.hidden[0]).relu_(),
+        "decoder output: residual in place": lambda: v.residual.addmm_(p.output, v.hidden[0], alpha=-1.0),
+        "whitening: k x B product, square": lambda: torch.mm(p.whiten, v.residual, out=v.squares).square_(),
         "KL terms + the 3 sums in one product": lambda: (
-            torch.exp(ml[L + 1:], out=z[k:k + L]).sub_(ml[L + 1:]).addcmul_(ml[:L], ml[:L]),
-            torch.mm(p.sums, z, out=buf["out"])),
+            torch.exp(v.logvar, out=v.kl).sub_(v.logvar).addcmul_(v.mu, v.mu), torch.mm(p.sums, v.z, out=out)),
     }
     with torch.inference_mode():
         return {k: cpu_ns_per_pixel(f, n, 50) for k, f in stages.items()}
@@ -147,19 +144,23 @@ def levers(det, x: np.ndarray, repeat: int) -> tuple[dict[str, float], dict[str,
     """CPU ns per pixel of each lever, timed interleaved (the fastest of ``repeat`` rounds); notes per lever."""
     import torch
 
-    from pipeline.detectors.vae_inference import FOLDED_CHUNK, SCORE_CHUNK, FoldedScorer
+    from pipeline.detectors.vae_inference import FOLDED_CHUNK, SCORE_CHUNK, ChunkScorer, FoldedScorer
 
     notes: dict[str, str] = {}
-    out = {k: np.empty(x.shape[1], np.float32) for k in det.outputs}
-    views = {k: torch.from_numpy(v) for k, v in out.items()}
+    out, xt = torch.empty(3, x.shape[1]), torch.from_numpy(x)
 
     def chunked(plan, step: int) -> Callable[[], None]:
+        """Score the pixels with ``plan`` in chunks of ``step``, as ``vae_inference.score_chunks`` does."""
+        folded = not isinstance(plan, ChunkScorer)  # the folded scorer, or it compiled
+
         def run() -> None:
             with torch.inference_mode():
                 for i in range(0, x.shape[1], step):
                     j = min(x.shape[1], i + step)
-                    plan(torch.from_numpy(x[:, i:j]), views["score"][i:j], views["reconstruction"][i:j],
-                         views["kl"][i:j])
+                    if folded:
+                        plan(xt[:, i:j], out[:, i:j])
+                    else:
+                        plan(xt[:, i:j], *out[:, i:j])
         return run
 
     contenders: dict[str, Callable[[], None]] = {
@@ -214,9 +215,8 @@ def _compiled(plan) -> Callable:
 
     fn = torch.compile(plan.__call__, dynamic=False)
 
-    def call(x, score, rec, kl) -> None:
-        fn(x, score, rec, kl)
-    call.device = plan.device
+    def call(x, out) -> None:
+        fn(x, out)
     return call
 
 

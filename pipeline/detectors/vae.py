@@ -361,12 +361,11 @@ class VAEDetector(Detector):
         from pipeline.detectors.vae_inference import score_chunks
 
         n = pixels.shape[1] if band_major else pixels.shape[0]
-        out = {k: np.empty(n, np.float32) for k in self.outputs}
+        rows = np.empty((len(self.outputs), n), np.float32)  # score, reconstruction, kl
         if n:
-            score_chunks(self, pixels, band_major, chunk, out, fast)
-            for v in out.values():
-                np.nan_to_num(v, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
-        return out
+            score_chunks(self, pixels, band_major, chunk, rows, fast)
+            np.nan_to_num(rows, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
+        return dict(zip(self.outputs, rows, strict=True))
 
     def _plan(self, band_major: bool = True, fast: bool = True) -> Any:
         """The fast path's plan of this model for one memory layout: ``vae_inference.FoldedScorer`` where ``fast``

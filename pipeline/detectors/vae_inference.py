@@ -14,6 +14,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -236,65 +237,73 @@ class FoldedScorer:
             for a in (det.offset, 1.0 / det.scale))
         self._local = threading.local()
 
-    def buffers(self, n: int) -> dict[str, torch.Tensor]:
-        """This thread's intermediates for a chunk of ``n`` pixels (allocated once per chunk size)."""
+    def buffers(self, n: int) -> _Views:
+        """This thread's intermediates for a chunk of ``n`` pixels, as the views ``__call__`` uses (allocated once
+        per chunk size: a call then spends no time slicing)."""
         if not hasattr(self._local, "buffers"):
             self._local.buffers = {}
-        buffers: dict[int, dict[str, torch.Tensor]] = self._local.buffers
+        buffers: dict[int, _Views] = self._local.buffers
         if n not in buffers:
             if len(buffers) > 2:  # at most a full and a last partial chunk are in use
                 buffers.clear()
             empty = functools.partial(torch.empty, device=self.device)
-            B = self.bands
+            B, L = self.bands, self.latent
             x = empty((B + 1, n) if self.band_major else (n, B + 1))
             (x[B] if self.band_major else x[:, B]).fill_(1.0)  # the row of ones that multiplies the biases
-            new = {"x": x, "ml": empty(self.ml.shape[0], n), "out": empty(3, n)}
-            for i, w in enumerate(self.encoder):  # the decoder's hidden layers reuse them, mirrored
-                new[f"h{i}"] = empty(w.shape[0], n)
+            ml = empty(self.ml.shape[0], n)
             z = empty(self.sums.shape[1], n)  # squared (whitened) residual, KL terms, a row of ones
             z[-1].fill_(1.0)
-            new["z"] = z
-            buffers[n] = new
+            k = z.shape[0] - L - 1
+            xin = x[:B] if self.band_major else x[:, :B]
+            buffers[n] = _Views(
+                xin=xin, x=x if self.band_major else x.T, hidden=[empty(w.shape[0], n) for w in self.encoder],
+                ml=ml, mu=ml[:L], logvar=ml[L + 1:], mu1=ml[:L + 1], residual=xin if self.band_major else xin.T,
+                z=z, squares=z[:k], kl=z[k:k + L])
         return buffers[n]
 
-    def __call__(self, x: torch.Tensor, score: torch.Tensor, rec: torch.Tensor, kl: torch.Tensor) -> None:
-        """Score raw pixels ``x`` ((bands, n) or (n, bands)) on the model's device into the (n,) views ``score``,
-        ``rec`` and ``kl``."""
-        B, L = self.bands, self.latent
-        buf = self.buffers(x.shape[1] if self.band_major else x.shape[0])
-        xb = buf["x"]
-        xin = xb[:B] if self.band_major else xb[:, :B]
-        torch.sub(x, self.offset, out=xin)
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Score raw pixels ``x`` ((bands, n) or (n, bands)) on the model's device into ``out`` (3, n): rows score,
+        reconstruction, kl."""
+        v = self.buffers(x.shape[1] if self.band_major else x.shape[0])
+        torch.sub(x, self.offset, out=v.xin)
         if not self.folds_scale:
-            xin.mul_(self.inv_scale)
-        h, i = (xb if self.band_major else xb.T), 0
-        for w in self.encoder:
-            with self.precision["encoder"]():
-                h = torch.mm(w, h, out=buf[f"h{i}"]).relu_()  # the row of ones passes the ReLU unchanged
-            i += 1
-        both = torch.mm(self.ml, h, out=buf["ml"])
-        mu, logvar = both[:L], both[L + 1:]
-        logvar.clamp_(*LOGVAR_RANGE)
-        g = both[:L + 1]
-        for w in self.decoder:  # widths mirror the encoder's: write over its buffers, a smaller working set
-            i -= 1
-            g = torch.mm(w, g, out=buf[f"h{i}"]).relu_()
-        r = xin if self.band_major else xin.T  # (bands, n)
+            v.xin.mul_(self.inv_scale)
+        h = v.x
+        with self.precision["encoder"]():
+            for w, buf in zip(self.encoder, v.hidden, strict=True):
+                h = torch.mm(w, h, out=buf).relu_()  # the row of ones passes the ReLU unchanged
+        torch.mm(self.ml, h, out=v.ml)
+        v.logvar.clamp_(*LOGVAR_RANGE)
+        g = v.mu1
+        # the decoder's hidden widths mirror the encoder's: write over its buffers, a smaller working set
+        for w, buf in zip(self.decoder, reversed(v.hidden), strict=False):
+            g = torch.mm(w, g, out=buf).relu_()
         with self.precision["output"]():
-            r.addmm_(self.output, g, alpha=-1.0)  # the residual, in place (its sign does not matter to a square)
-        z = buf["z"]
-        k = z.shape[0] - L - 1
+            v.residual.addmm_(self.output, g, alpha=-1.0)  # in place (its sign does not matter to a square)
         if self.whiten is not None:
             with self.precision["whiten"]():
-                torch.mm(self.whiten, r, out=z[:k]).square_()
+                torch.mm(self.whiten, v.residual, out=v.squares).square_()
         else:
-            torch.square(r, out=z[:k])
-        t = torch.exp(logvar, out=z[k:k + L])
-        t.sub_(logvar).addcmul_(mu, mu)
-        out = torch.mm(self.sums, z, out=buf["out"])
-        score.copy_(out[0])
-        rec.copy_(out[1])
-        kl.copy_(out[2])
+            torch.square(v.residual, out=v.squares)
+        torch.exp(v.logvar, out=v.kl).sub_(v.logvar).addcmul_(v.mu, v.mu)
+        torch.mm(self.sums, v.z, out=out)
+
+
+@dataclass
+class _Views:
+    """One thread's buffers of ``FoldedScorer`` for one chunk size, and the views of them a call uses."""
+
+    xin: torch.Tensor  # the input's rows (band-major) or columns in the buffer ``x``: centred, then the residual
+    x: torch.Tensor  # (bands + 1, n) with the row of ones (a transposed view for pixel-major input)
+    hidden: list[torch.Tensor]  # one per encoder layer; the decoder's hidden layers reuse them, mirrored
+    ml: torch.Tensor  # rows mu, ones, logvar
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    mu1: torch.Tensor  # mu and the row of ones: the decoder's input
+    residual: torch.Tensor  # ``xin`` as (bands, n)
+    z: torch.Tensor  # squared (whitened) residual, KL terms, a row of ones
+    squares: torch.Tensor
+    kl: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -344,26 +353,33 @@ def _linear_layers(layers: nn.Sequential) -> list[Layer]:
     return out
 
 
-def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int,
-                 out: dict[str, np.ndarray], fast: bool = True) -> None:
-    """Score ``pixels`` ((bands, n) when ``band_major``, else (n, bands)) chunk by chunk into ``out``: with the
-    folded scorer where ``fast`` and the model has one (Gaussian or MSE term), else with ``ChunkScorer``."""
+def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int, out: np.ndarray,
+                 fast: bool = True) -> None:
+    """Score ``pixels`` ((bands, n) when ``band_major``, else (n, bands)) chunk by chunk into ``out`` (3, n) float32
+    (rows score, reconstruction, kl): with the folded scorer where ``fast`` and the model has one (Gaussian or MSE
+    term), else with ``ChunkScorer``."""
     plan = det._plan(band_major, fast)
+    folded = isinstance(plan, FoldedScorer)
     n = pixels.shape[1] if band_major else pixels.shape[0]
-    views = {k: torch.from_numpy(v) for k, v in out.items()}
-    step = max(1, min(int(chunk), FOLDED_CHUNK if isinstance(plan, FoldedScorer) else SCORE_CHUNK))
+    result = torch.from_numpy(out)
+    step = max(1, min(int(chunk), FOLDED_CHUNK if folded else SCORE_CHUNK))
     cast = pixels.dtype not in (np.float32, np.float64) or not pixels.flags.writeable
+    whole = None if cast else torch.from_numpy(pixels)
+    on_cpu = plan.device.type == "cpu"
     with torch.inference_mode():
         for i in range(0, n, step):
-            part = pixels[:, i:i + step] if band_major else pixels[i:i + step]
-            if cast:
-                part = part.astype(np.float32)
-            x = torch.from_numpy(part).to(plan.device)
             j = min(n, i + step)
-            if plan.device.type == "cpu":
-                plan(x, views["score"][i:j], views["reconstruction"][i:j], views["kl"][i:j])
+            if cast:
+                part = pixels[:, i:j] if band_major else pixels[i:j]
+                x = torch.from_numpy(part.astype(np.float32))
             else:
-                got = [torch.empty(j - i, device=plan.device) for _ in range(3)]
+                x = whole[:, i:j] if band_major else whole[i:j]
+            if not on_cpu:
+                x = x.to(plan.device)
+            got = result[:, i:j] if on_cpu else torch.empty(3, j - i, device=plan.device)
+            if folded:
+                plan(x, got)
+            else:
                 plan(x, *got)
-                for k, g in zip(("score", "reconstruction", "kl"), got, strict=True):
-                    views[k][i:j] = g.cpu()
+            if not on_cpu:
+                result[:, i:j] = got.cpu()
