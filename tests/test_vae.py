@@ -229,3 +229,21 @@ def test_training_loss_is_the_mean_of_the_per_pixel_terms(kind):
     mu, logvar = torch.randn(300, 3, generator=g), torch.randn(300, 3, generator=g)
     expected = (reconstruction_term(x, xhat, kind) + 0.7 * kl_term(mu, logvar)).mean()
     torch.testing.assert_close(mean_loss(x, xhat, mu, logvar, kind, 0.7), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_lever_restores_the_process_wide_setting(model_dir, sample_file):
+    """The measured-only bfloat16 lever switches oneDNN's float32 precision for its products and always restores it;
+    unknown product names are refused."""
+    from pipeline.detectors.vae_inference import FoldedScorer
+
+    det = load_detector(model_dir)
+    x = np.ascontiguousarray(load_sample(sample_file).pixels[:500].T)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    plan = FoldedScorer(det, True, ("encoder", "output", "whiten"))
+    out = torch.empty(3, x.shape[1])
+    with torch.inference_mode():
+        plan(torch.from_numpy(x), out)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    assert np.isfinite(out.numpy()).all()
+    with pytest.raises(ValueError, match="unknown products"):
+        FoldedScorer(det, True, ("decoder",))
