@@ -6,11 +6,14 @@ Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF
 
 - training the default VAE on a 200 000-pixel sample of the scene: pixels seen per second, time to early stopping
   (with the thread counts of ``--train-threads``, under the CLI's passive OpenMP wait policy);
-- reading every block: with one dataset handle (the targets' baseline) and with rsvae's threaded reader;
+- reading every block: with one dataset handle (the targets' baseline, with GDAL's default threads and with
+  ``GDAL_NUM_THREADS=ALL_CPUS``: the faster counts) and with rsvae's threaded reader;
 - two I/O-only passes (read + write a 3-band float32 COG with rsvae's writer, no model): the plain loop the issue's
-  target 1b names (read a block, write a block, one thread), and rsvae's threaded streaming scorer with a model
-  that does nothing (a stricter baseline: it shows what the model's arithmetic costs on top of overlapped I/O);
-- ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster);
+  target 1b names (read a block, write a block, one thread; again the faster of default and all GDAL threads), and
+  rsvae's threaded streaming scorer with a model that does nothing (a stricter baseline: it shows what the model's
+  arithmetic costs on top of overlapped I/O);
+- ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster), and with
+  ``--exact`` (the previous scoring path, for the lever's figure);
 - in-memory scoring of 1 M pixels through the Python API, and PyOD's VAE ``decision_function`` on the same pixels
   (when pyod is installed: ``pip install rsvae[bench]``), both with one torch thread and both with torch's default
   (all cores): PyOD's VAE as it ships (its default network, the target's baseline) and with rsvae's network size
@@ -51,8 +54,10 @@ if str(ROOT) not in sys.path:
 
 BLOCK = 256
 NODATA = -9999.0
-#: Targets of the performance issue.
-TARGET_READ, TARGET_IO, TARGET_RSS_MIB, TARGET_PYOD, TARGET_TRAIN_MPX, TARGET_TRAIN_S = 0.6, 0.8, 512, 10.0, 1.0, 60.0
+#: Targets of the performance issues (scoring and training: issue 15; RSS and PyOD: issue 4).
+TARGET_READ, TARGET_IO, TARGET_RSS_MIB, TARGET_PYOD, TARGET_TRAIN_MPX, TARGET_TRAIN_S = 1.0, 0.9, 512, 10.0, 0.4, 30.0
+#: The baselines (reading, the I/O-only loop) run with GDAL's default threads and with all; the faster counts.
+ALL_GDAL_THREADS = ["env", "GDAL_NUM_THREADS=ALL_CPUS"]
 
 
 # ----------------------------------------------------------------------------------------------- the scene
@@ -392,10 +397,14 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
     rsvae = [sys.executable, "-m", "pipeline", "score", "-q", str(model)]
     runs = {
         "read": [sys.executable, __file__, "--stage", "read", str(raster), "0"],
+        "read_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "read", str(raster), "0"],
         "read2": [sys.executable, __file__, "--stage", "read", str(raster), "2"],
         "plain": [sys.executable, __file__, "--stage", "io_plain", str(raster), str(work / "plain.tif")],
+        "plain_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "io_plain", str(raster),
+                      str(work / "plain.tif")],
         "io": [sys.executable, __file__, "--stage", "io", str(raster), str(work / "io.tif")],
         "score": [*rsvae, str(raster), "-o", str(work / "score.tif")],
+        "score_exact": [*rsvae, "--exact", str(raster), "-o", str(work / "score_exact.tif")],
         "score_half": [*rsvae, str(small), "-o", str(work / "score_half.tif")],
     }
     best: dict[str, tuple[float, float, str]] = {}
@@ -408,19 +417,27 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
                          out if not old or wall < old[0] else old[2])
     mpx = {k: (half**2 if k == "score_half" else px) / v[0] / 1e6 for k, v in best.items()}
     rss = {k: v[1] for k, v in best.items()}
-    finish = {k: json.loads(best[k][2].strip().splitlines()[-1])["finish"] for k in ("plain", "io")}
+    finish = {k: json.loads(best[k][2].strip().splitlines()[-1])["finish"] for k in ("plain", "plain_all", "io")}
     read_mpx, read2_mpx, plain_mpx, io_mpx, score_mpx = (mpx[k] for k in ("read", "read2", "plain", "io", "score"))
+    # the targets' baselines: the faster of GDAL's default threads and all
+    base_read, base_plain = max(mpx["read"], mpx["read_all"]), max(mpx["plain"], mpx["plain_all"])
     rows.append(("read every block, one dataset handle (the targets' baseline)", f"{read_mpx:.2f}", "1.00",
                  f"{rss['read']:.0f}"))
+    rows.append(("the same with GDAL_NUM_THREADS=ALL_CPUS", f"{mpx['read_all']:.2f}",
+                 f"{mpx['read_all'] / read_mpx:.2f}", f"{rss['read_all']:.0f}"))
     rows.append(("read every block with rsvae's reader (2 threads, a handle each)", f"{read2_mpx:.2f}",
                  f"{read2_mpx / read_mpx:.2f}", f"{rss['read2']:.0f}"))
     rows.append((f"I/O-only, one plain loop: read a block, write a 3-band float32 block with rsvae's writer "
                  f"(COG step {finish['plain']:.1f} s)", f"{plain_mpx:.2f}", f"{plain_mpx / read_mpx:.2f}",
                  f"{rss['plain']:.0f}"))
+    rows.append((f"the same with GDAL_NUM_THREADS=ALL_CPUS (COG step {finish['plain_all']:.1f} s)",
+                 f"{mpx['plain_all']:.2f}", f"{mpx['plain_all'] / read_mpx:.2f}", f"{rss['plain_all']:.0f}"))
     rows.append((f"I/O-only through rsvae's streaming scorer with a model that does nothing "
                  f"(COG step {finish['io']:.1f} s)", f"{io_mpx:.2f}", f"{io_mpx / read_mpx:.2f}", f"{rss['io']:.0f}"))
     rows.append(("`rsvae score`, default model", f"{score_mpx:.2f}", f"{score_mpx / read_mpx:.2f}",
                  f"{rss['score']:.0f}"))
+    rows.append(("`rsvae score --exact` (the previous scoring path, for comparison)", f"{mpx['score_exact']:.2f}",
+                 f"{mpx['score_exact'] / read_mpx:.2f}", f"{rss['score_exact']:.0f}"))
     rows.append((f"`rsvae score` on the {half}² raster", f"{mpx['score_half']:.2f}", "–", f"{rss['score_half']:.0f}"))
     rss, rss_s = rss["score"], rss["score_half"]
 
@@ -446,12 +463,15 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
                      f"{t['train_seconds']:.1f} s of epochs; {t['seconds']:.1f} s to the fitted model)",
                      f"{t['mpx_s']:.2f}", "–", f"{rss_train:.0f}"))
 
-    checks.append(("1a. `rsvae score` ≥ 0.6 × reading", score_mpx >= TARGET_READ * read_mpx,
-                   f"{score_mpx / read_mpx:.2f} × (× the 2-thread read: {score_mpx / read2_mpx:.2f})"))
-    checks.append(("1b. `rsvae score` ≥ 0.8 × the I/O-only loop (read a block, write a block, no model)",
-                   score_mpx >= TARGET_IO * plain_mpx,
-                   f"{score_mpx / plain_mpx:.2f} × (× rsvae's threaded streaming with a null model: "
-                   f"{score_mpx / io_mpx:.2f})"))
+    exact_mpx = mpx["score_exact"]
+    checks.append((f"1a. `rsvae score` ≥ {TARGET_READ} × reading every block (the faster of GDAL's default "
+                   f"threads and all)", score_mpx >= TARGET_READ * base_read,
+                   f"{score_mpx / base_read:.2f} × (`--exact`: {exact_mpx / base_read:.2f} ×; × rsvae's 2-thread "
+                   f"read: {score_mpx / read2_mpx:.2f})"))
+    checks.append((f"1b. `rsvae score` ≥ {TARGET_IO} × the I/O-only loop (read a block, write a block, no model; "
+                   f"the faster of GDAL's default threads and all)", score_mpx >= TARGET_IO * base_plain,
+                   f"{score_mpx / base_plain:.2f} × (`--exact`: {exact_mpx / base_plain:.2f} ×; × rsvae's threaded "
+                   f"streaming with a null model: {score_mpx / io_mpx:.2f})"))
     checks.append(("2. peak RSS of `rsvae score` < 512 MiB, flat in raster size",
                    rss < TARGET_RSS_MIB and rss_s < TARGET_RSS_MIB and rss <= rss_s * 1.1 + 16,
                    f"{rss:.0f} MiB at {a.size}², {rss_s:.0f} MiB at {half}²"))
@@ -465,7 +485,8 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
     else:
         checks.append(("3. API scoring ≥ 10 × PyOD's VAE", False, "not measured (pyod is not installed)"))
     best = max((t for t, _ in trainings), key=lambda t: t["mpx_s"])
-    checks.append(("4. training ≥ 1 Mpixel/s and < 60 s to early stopping",
+    checks.append((f"4. training ≥ {TARGET_TRAIN_MPX} Mpixel/s per epoch and < {TARGET_TRAIN_S:.0f} s to the "
+                   f"fitted model",
                    best["mpx_s"] >= TARGET_TRAIN_MPX and best["seconds"] < TARGET_TRAIN_S,
                    "; ".join(f"{t['mpx_s']:.2f} Mpixel/s, {t['seconds']:.1f} s ({t['threads']} thread"
                              f"{'s' if t['threads'] > 1 else ''})" for t, _ in trainings)))

@@ -356,6 +356,7 @@ def _score_line(summary: Any, fpr: float | None) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to score.  [default: cpu]")
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@click.option("--fast/--exact", default=None, help="VAE: the folded scoring path, or the previous one.  [default: fast]")
 @common
 def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
           mask_dir: str | None, config_path: str | None, quiet: bool, **opts: Any) -> None:
@@ -386,12 +387,12 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
     fpr = s["fpr"] if (mask_out or mask_dir) else None
     if many:
         score_tiles(det, tiles, outdir, mask_dir=mask_dir, fpr=fpr, samples=s["samples"], seed=s["seed"],
-                    chunk=s["chunk"], on_done=tile_reporter(quiet, lambda r: _score_line(r, fpr))).check()
+                    chunk=s["chunk"], fast=s["fast"], on_done=tile_reporter(quiet, lambda r: _score_line(r, fpr))).check()
         return
     info = describe(tiles[0])
     with pixel_bar(info.width * info.height, quiet, "score") as bar:
         summary = score_raster(det, tiles[0], output, mask_out=mask_out, fpr=fpr, samples=s["samples"],
-                               seed=s["seed"], chunk=s["chunk"], progress=bar)
+                               seed=s["seed"], chunk=s["chunk"], progress=bar, fast=s["fast"])
     say(quiet, _score_line(summary, fpr))
 
 

@@ -87,6 +87,7 @@ def score_raster(
     chunk: int = 65536,
     progress: Callable[[int], None] | None = None,
     readers: int = 2,
+    fast: bool = True,
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
@@ -96,6 +97,7 @@ def score_raster(
     Reading (``readers`` threads, a dataset handle each), the detector and writing run overlapped, with bounded
     queues between them, so memory stays bounded by a few windows whatever the tile's size. The detector runs in
     the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
+    ``fast=False`` is handed to the detector (the VAE's previous scoring path instead of the folded one).
     """
     if mask_out is not None and fpr is None:
         raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
@@ -104,6 +106,8 @@ def score_raster(
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
     to_rarity = rarity_of(detector)
     names = list(detector.outputs) + (["rarity"] if to_rarity is not _NO_RARITY else [])
+    if not fast:  # only then: detectors without the option keep working as before
+        options["fast"] = False
     with open_raster(tile) as ds:
         info = info_of(ds)
         detector.check_bands(info.count, str(tile))
@@ -167,6 +171,7 @@ def score_tiles(
     samples: int = 1,
     seed: int = 0,
     chunk: int = 65536,
+    fast: bool = True,
     on_done: Callable[[TileOutcome], None] | None = None,
 ) -> BatchResult:
     """Score many tiles with one loaded detector: ``outdir/NAME.tif`` (and ``mask_dir/NAME.tif``) per tile.
@@ -184,7 +189,8 @@ def score_tiles(
     def one(job: TileJob) -> ScoreSummary:
         check_distinct(job.tile, list(job.outputs.values()))
         return score_raster(detector, job.tile, job.outputs["scores"], mask_out=job.outputs.get("mask"),
-                            fpr=fpr if mask_dir is not None else None, samples=samples, seed=seed, chunk=chunk)
+                            fpr=fpr if mask_dir is not None else None, samples=samples, seed=seed, chunk=chunk,
+                            fast=fast)
 
     return run_tiles(jobs, one, on_done)
 

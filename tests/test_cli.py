@@ -98,3 +98,22 @@ def test_help_has_examples(command):
 def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True, check=True)
     assert "rsvae" in out.stdout
+
+
+def test_score_exact_switch_gives_the_same_scores(pipeline_run, tmp_path):
+    """`--exact` (or `score: {fast: false}` in the config) runs the previous scoring path: the same scores as the
+    default folded path within float32 rounding, and the same mask."""
+    demo, work = pipeline_run
+    tile = sorted((demo / "test").glob("*.tif"))[0]
+    cfg = tmp_path / "exact.yaml"
+    cfg.write_text("score:\n  fast: false\n")
+    run("score", work / "model", tile, "-o", tmp_path / "exact.tif", "--exact", "-q")
+    run("score", work / "model", tile, "-o", tmp_path / "config.tif", "--config", cfg, "--mask-out",
+        tmp_path / "mask.tif", "--fpr", 0.001, "-q")
+    with rasterio.open(work / "scores" / tile.name) as a, rasterio.open(tmp_path / "exact.tif") as b, \
+            rasterio.open(tmp_path / "config.tif") as c:
+        fast, exact, again = a.read(), b.read(), c.read()
+    np.testing.assert_allclose(exact, fast, rtol=1e-4, atol=1e-4 * float(np.abs(fast).max()))
+    np.testing.assert_array_equal(exact, again)
+    with rasterio.open(work / "masks" / tile.name) as a, rasterio.open(tmp_path / "mask.tif") as b:
+        assert (a.read() != b.read()).mean() < 1e-3

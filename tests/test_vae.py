@@ -173,3 +173,77 @@ def test_fast_path_is_thread_safe(model_dir, sample_file):
         results = list(pool.map(lambda _: det.score(x)["score"], range(8)))
     for got in results:
         np.testing.assert_array_equal(got, expected)
+
+
+# ---- the folded scoring path (the default) and the switch back to the previous one
+
+def test_fast_switch_picks_the_path_and_both_follow_the_reference(model_dir, sample_file):
+    """``fast=True`` (default) runs the folded scorer, ``fast=False`` the previous one; both equal the reference
+    within float32 rounding, in both layouts."""
+    from pipeline.detectors.vae_inference import ChunkScorer, FoldedScorer
+
+    det = load_detector(model_dir)
+    x = load_sample(sample_file).pixels[:3000]
+    for fast, kind in ((True, FoldedScorer), (False, ChunkScorer)):
+        _assert_close_to_reference(det, x, det.score(x, fast=fast))
+        _assert_close_to_reference(det, x, det.score_bands(np.ascontiguousarray(x.T), fast=fast))
+        assert type(det._plan(True, fast)) is kind and type(det._plan(False, fast)) is kind
+
+
+def test_folded_path_on_integer_input_and_pixels_far_from_the_sample(model_dir, sample_file):
+    """Pixels far outside the training range, and raw integer bands far from zero (digital numbers around 10 000,
+    as many sensors deliver): still the reference within float32 rounding (folding the scale into the weights must
+    not cost precision where the offset is large against the spread)."""
+    from pipeline.sample import BandStats
+
+    det = load_detector(model_dir)
+    x = load_sample(sample_file).pixels[:2000]
+    wild = np.concatenate([x, x * 3.0 + 0.2, x[:, ::-1].copy()])
+    _assert_close_to_reference(det, wild, det.score(wild))
+    dn = np.round(10_000 + 2_000 * x).astype(np.float32)
+    stats = BandStats.empty(dn.shape[1])
+    stats.update(dn.T)
+    settings = {**load_config()["train"], **FAST_TRAIN, "epochs": 2}
+    det = VAEDetector.fit(dn, [f"b{i}" for i in range(dn.shape[1])], stats, settings)
+    ints = np.ascontiguousarray(dn.T.astype(np.uint16))  # band-major, as rasterio reads a uint16 file
+    _assert_close_to_reference(det, dn, det.score_bands(ints))
+
+
+def test_bce_models_keep_the_previous_path_when_fast(sample_file):
+    from pipeline.detectors.vae_inference import ChunkScorer
+
+    s = load_sample(sample_file)
+    settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
+    det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
+    assert type(det._plan(True, True)) is ChunkScorer
+    _assert_close_to_reference(det, s.pixels[:500], det.score(s.pixels[:500], fast=True))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "mse", "bce"])
+def test_training_loss_is_the_mean_of_the_per_pixel_terms(kind):
+    """The fused training loss equals averaging the per-pixel reconstruction and KL terms (any beta)."""
+    from pipeline.detectors.vae import mean_loss, reconstruction_term
+
+    g = torch.Generator().manual_seed(0)
+    x, xhat = torch.rand(300, 7, generator=g), torch.rand(300, 7, generator=g)
+    mu, logvar = torch.randn(300, 3, generator=g), torch.randn(300, 3, generator=g)
+    expected = (reconstruction_term(x, xhat, kind) + 0.7 * kl_term(mu, logvar)).mean()
+    torch.testing.assert_close(mean_loss(x, xhat, mu, logvar, kind, 0.7), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_lever_restores_the_process_wide_setting(model_dir, sample_file):
+    """The measured-only bfloat16 lever switches oneDNN's float32 precision for its products and always restores it;
+    unknown product names are refused."""
+    from pipeline.detectors.vae_inference import FoldedScorer
+
+    det = load_detector(model_dir)
+    x = np.ascontiguousarray(load_sample(sample_file).pixels[:500].T)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    plan = FoldedScorer(det, True, ("encoder", "output", "whiten"))
+    out = torch.empty(3, x.shape[1])
+    with torch.inference_mode():
+        plan(torch.from_numpy(x), out)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    assert np.isfinite(out.numpy()).all()
+    with pytest.raises(ValueError, match="unknown products"):
+        FoldedScorer(det, True, ("decoder",))

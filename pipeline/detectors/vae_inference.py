@@ -10,7 +10,11 @@ within float32 rounding; ``tests/test_vae.py`` checks it and ``benchmarks/fast_p
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -149,6 +153,188 @@ class ChunkScorer:
         torch.add(rec, kl, alpha=self.beta, out=score)
 
 
+#: Pixels per step of the folded scorer: its working set (input, one hidden buffer shared by the encoder and the
+#: decoder, the squared residual: about 1.1 MiB at 64 bands) stays in L2 (measured interleaved, one core: 1024
+#: beat 512 and 2048 by 2-4 %, at 64 and 224 bands).
+FOLDED_CHUNK = 1024
+#: Products ``FoldedScorer(low_precision=...)`` can run with bfloat16 inputs: measured by the benchmarks
+#: (``benchmarks/inference_profile.py``, ``benchmarks/fast_path_auc.py --levers``), not used by default.
+LOW_PRECISION_PRODUCTS = ("encoder", "output", "whiten")
+
+
+class FoldedScorer:
+    """The default scoring path of a Gaussian (or MSE) VAE: the reference path's maths, refactored to fewer passes.
+
+    Refactored exactly (in float64, once per plan; the products then run in float32 as before):
+
+    - every bias is a column of its weight matrix, multiplied by a row of ones that each buffer carries (the
+      layers run as plain ``mm``, with no bias broadcast into the output first);
+    - with the residual covariance, the standardisation's scale is folded into the first layer, the output layer
+      and the whitening matrix, so the input is only centred (``x - offset``), and the residual mean joins the
+      output bias: the residual (in centred input units) is computed in place in the input's buffer
+      (``x -= W_out' @ g``), then whitened by one product;
+    - the three outputs come out of one small product of the squared whitened residual and the KL terms with a
+      fixed (3, k + latent + 1) matrix (the sums, the halves, beta and the KL's constant).
+
+    All intermediates are band-major, (features, chunk), whatever the input's layout: a pixel-major (n, bands)
+    input is read through a transposed view by the first product. Tests hold it to the reference path within
+    float32 rounding; ``benchmarks/fast_path_auc.py`` checks ROC AUC and the mask calibration.
+    """
+
+    def __init__(self, det: VAEDetector, band_major: bool = True, low_precision: Iterable[str] = ()):
+        m = det.module
+        self.device = det.device
+        self.band_major = band_major
+        # a lever the benchmarks measure, not a default: these products with bfloat16 inputs (float32 accumulation)
+        low = set(low_precision)
+        if low - set(LOW_PRECISION_PRODUCTS):
+            raise ValueError(f"unknown products {sorted(low - set(LOW_PRECISION_PRODUCTS))}")
+        self.precision = {k: (_bf16_products if k in low else contextlib.nullcontext) for k in LOW_PRECISION_PRODUCTS}
+        self.kind = det.architecture["reconstruction"]
+        if self.kind not in ("gaussian", "mse"):
+            raise ValueError(f"no folded path for a {self.kind!r} reconstruction term")
+        L = self.latent = m.mu.out_features
+        self.bands = B = det.offset.size
+        scale = torch.from_numpy(det.scale)
+        encoder, decoder = _linear_layers(m.encoder), _linear_layers(m.decoder)
+        residual = self.kind == "gaussian" and det.noise_arrays is not None
+        # centred input (x - offset) with the scale folded into the weights, or standardised input ((x - o) / s)
+        self.folds_scale = residual
+        with torch.no_grad():
+            f64 = [(w.double().cpu(), torch.zeros(w.shape[0], dtype=torch.float64) if b is None else b.double().cpu(),
+                    a) for w, b, a in encoder + decoder]
+            encoder, decoder = f64[:len(encoder)], f64[len(encoder):]
+            w_out, b_out, _ = decoder[-1]
+            if residual:
+                mean, whiten = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in det.noise_arrays)
+                w0, b0, a0 = encoder[0]
+                encoder[0] = (w0 / scale, b0, a0)
+                w_out, b_out = w_out * scale[:, None], (b_out + mean) * scale
+                whiten_t = whiten.T / scale  # (k, bands): whitens a residual in centred input units
+                weights = [0.5] * whiten_t.shape[0]
+            else:
+                whiten_t = None
+                weights = [0.5 if self.kind == "gaussian" else 1.0 / B] * B
+            beta = float(det.beta)
+            sums = torch.zeros(3, len(weights) + L + 1, dtype=torch.float64)  # rows: score, reconstruction, kl
+            sums[:2, :len(weights)] = torch.tensor(weights, dtype=torch.float64)
+            sums[2, len(weights):-1] = 0.5  # KL = 0.5 * sum(mu² + exp(logvar) - logvar) - latent / 2
+            sums[2, -1] = -0.5 * L
+            sums[0, len(weights):] = beta * sums[2, len(weights):]
+            ml = _with_bias(torch.cat([m.mu.weight, m.logvar.weight]).double().cpu(),
+                            torch.cat([m.mu.bias, m.logvar.bias]).double().cpu(), ones=True)
+            ml = torch.cat([ml[:L], ml[-1:], ml[L:2 * L]])  # rows: mu, ones, logvar: mu and ones feed the decoder
+            as32 = functools.partial(_to, device=self.device)
+            self.encoder = [as32(_with_bias(w, b, ones=True)) for w, b, _ in encoder]
+            self.ml = as32(ml)
+            self.decoder = [as32(_with_bias(w, b, ones=True)) for w, b, _ in decoder[:-1]]
+            self.output = as32(_with_bias(w_out, b_out, ones=False))
+            self.whiten = None if whiten_t is None else as32(whiten_t)
+            self.sums = as32(sums)
+        shape = (-1, 1) if band_major else (1, -1)
+        self.offset, self.inv_scale = (
+            torch.as_tensor(a.astype(np.float32).reshape(shape), device=self.device)
+            for a in (det.offset, 1.0 / det.scale))
+        self._local = threading.local()
+
+    def buffers(self, n: int) -> _Views:
+        """This thread's intermediates for a chunk of ``n`` pixels, as the views ``__call__`` uses (allocated once
+        per chunk size: a call then spends no time slicing)."""
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = {}
+        buffers: dict[int, _Views] = self._local.buffers
+        if n not in buffers:
+            if len(buffers) > 2:  # at most a full and a last partial chunk are in use
+                buffers.clear()
+            empty = functools.partial(torch.empty, device=self.device)
+            B, L = self.bands, self.latent
+            x = empty((B + 1, n) if self.band_major else (n, B + 1))
+            (x[B] if self.band_major else x[:, B]).fill_(1.0)  # the row of ones that multiplies the biases
+            ml = empty(self.ml.shape[0], n)
+            z = empty(self.sums.shape[1], n)  # squared (whitened) residual, KL terms, a row of ones
+            z[-1].fill_(1.0)
+            k = z.shape[0] - L - 1
+            xin = x[:B] if self.band_major else x[:, :B]
+            buffers[n] = _Views(
+                xin=xin, x=x if self.band_major else x.T, hidden=[empty(w.shape[0], n) for w in self.encoder],
+                ml=ml, mu=ml[:L], logvar=ml[L + 1:], mu1=ml[:L + 1], residual=xin if self.band_major else xin.T,
+                z=z, squares=z[:k], kl=z[k:k + L])
+        return buffers[n]
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Score raw pixels ``x`` ((bands, n) or (n, bands)) on the model's device into ``out`` (3, n): rows score,
+        reconstruction, kl."""
+        v = self.buffers(x.shape[1] if self.band_major else x.shape[0])
+        torch.sub(x, self.offset, out=v.xin)
+        if not self.folds_scale:
+            v.xin.mul_(self.inv_scale)
+        h = v.x
+        with self.precision["encoder"]():
+            for w, buf in zip(self.encoder, v.hidden, strict=True):
+                h = torch.mm(w, h, out=buf).relu_()  # the row of ones passes the ReLU unchanged
+        torch.mm(self.ml, h, out=v.ml)
+        v.logvar.clamp_(*LOGVAR_RANGE)
+        g = v.mu1
+        # the decoder's hidden widths mirror the encoder's: write over its buffers, a smaller working set
+        for w, buf in zip(self.decoder, reversed(v.hidden), strict=False):
+            g = torch.mm(w, g, out=buf).relu_()
+        with self.precision["output"]():
+            v.residual.addmm_(self.output, g, alpha=-1.0)  # in place (its sign does not matter to a square)
+        if self.whiten is not None:
+            with self.precision["whiten"]():
+                torch.mm(self.whiten, v.residual, out=v.squares).square_()
+        else:
+            torch.square(v.residual, out=v.squares)
+        torch.exp(v.logvar, out=v.kl).sub_(v.logvar).addcmul_(v.mu, v.mu)
+        torch.mm(self.sums, v.z, out=out)
+
+
+@dataclass
+class _Views:
+    """One thread's buffers of ``FoldedScorer`` for one chunk size, and the views of them a call uses."""
+
+    xin: torch.Tensor  # the input's rows (band-major) or columns in the buffer ``x``: centred, then the residual
+    x: torch.Tensor  # (bands + 1, n) with the row of ones (a transposed view for pixel-major input)
+    hidden: list[torch.Tensor]  # one per encoder layer; the decoder's hidden layers reuse them, mirrored
+    ml: torch.Tensor  # rows mu, ones, logvar
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    mu1: torch.Tensor  # mu and the row of ones: the decoder's input
+    residual: torch.Tensor  # ``xin`` as (bands, n)
+    z: torch.Tensor  # squared (whitened) residual, KL terms, a row of ones
+    squares: torch.Tensor
+    kl: torch.Tensor
+
+
+@contextlib.contextmanager
+def _bf16_products() -> Iterator[None]:
+    """float32 matrix products inside run with bfloat16 inputs and float32 accumulation (oneDNN; AMX where the
+    CPU has it). Process-wide while it lasts: for measurements, not for concurrent callers."""
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+def _with_bias(w: torch.Tensor, b: torch.Tensor | None, ones: bool) -> torch.Tensor:
+    """``[W, b]`` (out, in + 1), and with ``ones`` a last row ``[0 ... 0, 1]`` that carries the row of ones on."""
+    b = torch.zeros(w.shape[0], dtype=w.dtype) if b is None else b
+    top = torch.cat([w, b[:, None]], dim=1)
+    if not ones:
+        return top
+    last = torch.zeros(1, w.shape[1] + 1, dtype=w.dtype)
+    last[0, -1] = 1.0
+    return torch.cat([top, last])
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A contiguous float32 copy on ``device``."""
+    return t.to(device=device, dtype=torch.float32).contiguous()
+
+
 Layer = tuple[torch.Tensor, "torch.Tensor | None", "str | None"]
 
 
@@ -167,25 +353,33 @@ def _linear_layers(layers: nn.Sequential) -> list[Layer]:
     return out
 
 
-def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int,
-                 out: dict[str, np.ndarray]) -> None:
-    """Score ``pixels`` ((bands, n) when ``band_major``, else (n, bands)) chunk by chunk into ``out``."""
-    plan = det._plan(band_major)
+def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int, out: np.ndarray,
+                 fast: bool = True) -> None:
+    """Score ``pixels`` ((bands, n) when ``band_major``, else (n, bands)) chunk by chunk into ``out`` (3, n) float32
+    (rows score, reconstruction, kl): with the folded scorer where ``fast`` and the model has one (Gaussian or MSE
+    term), else with ``ChunkScorer``."""
+    plan = det._plan(band_major, fast)
+    folded = isinstance(plan, FoldedScorer)
     n = pixels.shape[1] if band_major else pixels.shape[0]
-    views = {k: torch.from_numpy(v) for k, v in out.items()}
-    step = max(1, min(int(chunk), SCORE_CHUNK))
+    result = torch.from_numpy(out)
+    step = max(1, min(int(chunk), FOLDED_CHUNK if folded else SCORE_CHUNK))
     cast = pixels.dtype not in (np.float32, np.float64) or not pixels.flags.writeable
+    whole = None if cast else torch.from_numpy(pixels)
+    on_cpu = plan.device.type == "cpu"
     with torch.inference_mode():
         for i in range(0, n, step):
-            part = pixels[:, i:i + step] if band_major else pixels[i:i + step]
-            if cast:
-                part = part.astype(np.float32)
-            x = torch.from_numpy(part).to(plan.device)
             j = min(n, i + step)
-            if plan.device.type == "cpu":
-                plan(x, views["score"][i:j], views["reconstruction"][i:j], views["kl"][i:j])
+            if cast:
+                part = pixels[:, i:j] if band_major else pixels[i:j]
+                x = torch.from_numpy(part.astype(np.float32))
             else:
-                got = [torch.empty(j - i, device=plan.device) for _ in range(3)]
+                x = whole[:, i:j] if band_major else whole[i:j]
+            if not on_cpu:
+                x = x.to(plan.device)
+            got = result[:, i:j] if on_cpu else torch.empty(3, j - i, device=plan.device)
+            if folded:
+                plan(x, got)
+            else:
                 plan(x, *got)
-                for k, g in zip(("score", "reconstruction", "kl"), got, strict=True):
-                    views[k][i:j] = g.cpu()
+            if not on_cpu:
+                result[:, i:j] = got.cpu()
