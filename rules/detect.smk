@@ -119,6 +119,9 @@ for batch in PLAN.batches:
             f"detect_{batch.name}"
         input:
             scores=[f"{R}/scores/{t}.tif" for t in batch.tiles],
+            # not read: after the quicklooks, so the batch's group job needs at most two cores at a time
+            # (scoring; then quicklook and evaluation; then this) and fits a two-core node
+            quicklooks=[f"{R}/quicklooks/{t}.png" for t in batch.tiles],
         output:
             tiles=[f"{R}/detections/{t}.gpkg" for t in batch.tiles],
             part=f"{R}/detection_parts/{batch.name}.gpkg",
