@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,27 +31,23 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import workflow
+
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "configs", "report", "envs", "pipeline"]
 #: Per-target steps: a SLURM job whose Snakemake log folder names one of them is a per-target job.
 TARGET_STEPS = ("score", "quicklook", "evaluate", "features")
 #: Short executor waits, so the small demo's wall time is not all polling (the defaults suit real clusters).
 FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "5"]
 
 
-def copy_workflow(dest: Path, revision: str | None) -> None:
+def checkout_workflow(dest: Path, revision: str | None) -> None:
     """The workflow's files from this working tree, or from a git revision of it."""
     if revision:
-        archive = subprocess.run(["git", "archive", revision, *WORKFLOW_FILES], cwd=ROOT, check=True,
+        archive = subprocess.run(["git", "archive", revision, *workflow.WORKFLOW_FILES], cwd=ROOT, check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         return
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
+    workflow.copy_workflow(ROOT, dest)
 
 
 def seconds(text: str) -> float:
@@ -138,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="rsvae-cluster-"))
     folder.mkdir(parents=True, exist_ok=True)
-    copy_workflow(folder, args.revision)
+    checkout_workflow(folder, args.revision)
     config = {"synth": {"size": args.size, "bands": 8, "tiles_normal": 4, "tiles_test": args.tiles},
               "ingest": {"max_pixels": 4000}, "train": {"epochs": 3, "patience": 0, "batch_size": 256}}
     if args.tiles_per_job:

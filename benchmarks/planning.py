@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,18 +21,14 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.workflow import copy_workflow
+
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "configs", "report", "envs", "pipeline"]
 
 
 def make_copy(folder: Path, targets: int, normal: int = 4) -> Path:
     """A copy of the workflow in ``folder`` with ``targets`` empty tiles (truth for every other one)."""
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, folder / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, folder / name)
+    copy_workflow(ROOT, folder)
     for sub in ("normal", "targets", "truth"):
         (folder / "tiles" / sub).mkdir(parents=True)
     for i in range(normal):

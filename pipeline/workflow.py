@@ -23,6 +23,8 @@ from pipeline.errors import ConfigError
 #: (the names sbatch itself reads, so a shell already set up for sbatch needs nothing more).
 ACCOUNT_ENV = "SBATCH_ACCOUNT"
 PARTITION_ENV = "SBATCH_PARTITION"
+#: What makes up the workflow in a checkout: copy these to run it in another folder.
+WORKFLOW_FILES = ("Snakefile", "rules", "configs", "report", "envs", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -245,3 +247,16 @@ def batch_runtime(tiles: int, per_tile: int, base: int = 10) -> Callable[[Any, i
         return (base + per_tile * tiles) * attempt
 
     return runtime
+
+
+def copy_workflow(source: str | Path, dest: str | Path) -> None:
+    """Copy the workflow's files (``WORKFLOW_FILES``) from the checkout at ``source`` into the folder ``dest``, to
+    run it there (the tests and benchmarks do; links such as ``configs/schema.yaml`` stay links)."""
+    import shutil
+
+    for name in WORKFLOW_FILES:
+        src, dst = Path(source) / name, Path(dest) / name
+        if src.is_dir():
+            shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)

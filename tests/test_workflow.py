@@ -21,7 +21,6 @@ from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What a run needs from the repository.
-WORKFLOW_FILES = ["Snakefile", "rules", "configs", "report", "envs", "pipeline"]
 #: A tiny demo with latent features: the test config laid over configs/config.yaml.
 TINY = {
     "features": True,
@@ -154,12 +153,7 @@ def repo(tmp_path) -> Path:
     pytest.importorskip("snakemake")
     copy = tmp_path / "repo"
     copy.mkdir()
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, copy / name)
+    wf.copy_workflow(ROOT, copy)
     (copy / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     if shutil.which("rsvae", path=_env(copy)["PATH"]) is None:
         pytest.skip("the rsvae command is not installed next to this Python")
