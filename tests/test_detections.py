@@ -136,3 +136,22 @@ def test_cli_detect(tmp_path):
     res = runner.invoke(cli, ["detect", str(path), "-o", str(tmp_path / "d.gpkg"), "--fpr", "1e-4",
                               "--min-rarity", "3"])
     assert res.exit_code != 0 and res.output.strip() == "Error: give --min-rarity or --fpr, not both"
+
+
+def test_cli_detect_many_rasters_into_a_folder(tmp_path):
+    """--outdir: one file per raster (NAME.gpkg, or --format), a bad raster named while the others are written."""
+    r = np.zeros((30, 30), np.float32)
+    r[3, 3], r[20, 20] = 6.0, 8.0
+    a, b = _scores(tmp_path, r, "a.tif"), _scores(tmp_path, r * 0, "b.tif")
+    bad = tmp_path / "c.tif"
+    bad.write_text("not a raster")
+    out = tmp_path / "det"
+    res = CliRunner().invoke(cli, ["detect", str(a), str(bad), str(b), "--outdir", str(out)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == f"Error: 1 of 3 tiles failed: {bad}"
+    assert sorted(p.name for p in out.iterdir()) == ["a.gpkg", "b.gpkg"]
+    assert [row["peak_rarity"] for row in read(out / "a.gpkg")[0]] == [8.0, 6.0] and not read(out / "b.gpkg")[0]
+    res = CliRunner().invoke(cli, ["detect", str(a), "--outdir", str(out), "--format", ".fgb", "-q"])
+    assert res.exit_code == 0 and (out / "a.fgb").is_file()
+    res = CliRunner().invoke(cli, ["detect", str(a), str(b), "-o", str(tmp_path / "x.gpkg")])
+    assert res.exit_code != 0 and "for 2 tiles give --outdir DIR" in res.output
