@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import InputError
 
 #: Sentinel-2 MSI centre wavelengths in nm (S2A; S2B differs by a few nm).
@@ -53,13 +55,23 @@ class Band:
 
 
 @dataclass(frozen=True)
-class QualityLayer:
-    """A product's quality layer and what in it marks a pixel unusable: class ``values`` or bit flags ``bits``."""
+class MaskRule:
+    """A mask layer (a product's quality layer, or `rsvae stack --mask`) and what in it marks a pixel unusable:
+    class ``values`` or bit flags ``bits`` of band 1."""
 
-    path: Path
+    path: str | Path
     label: str
     values: tuple[int, ...] = ()
     bits: tuple[int, ...] = ()
+
+    def bad(self, data: np.ndarray) -> np.ndarray:
+        """Where ``data`` (the layer's values) marks a pixel unusable."""
+        out = np.zeros(data.shape, bool)
+        if self.values:
+            out |= np.isin(data, self.values)
+        if self.bits:
+            out |= (data.astype(np.int64) & sum(1 << b for b in self.bits)) != 0
+        return out
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ class Product:
     sensor: str
     bands: dict[str, Band]
     default: tuple[str, ...]
-    quality: QualityLayer | None = None
+    quality: MaskRule | None = None
     notes: list[str] = field(default_factory=list)
 
     def select(self, names: Sequence[str] | None = None) -> list[Band]:
@@ -141,7 +153,7 @@ def _sentinel2(folder: Path, files: list[Path]) -> Product | None:
     if "B02" not in bands:
         return None
     chosen = _finest(bands)
-    quality = QualityLayer(_finest(scl)["SCL"], "SCL", values=S2_SCL_INVALID) if scl else None
+    quality = MaskRule(_finest(scl)["SCL"], "SCL", values=S2_SCL_INVALID) if scl else None
     return Product(folder, "Sentinel-2", {n: Band(n, p, S2_WAVELENGTHS[n]) for n, p in chosen.items()},
                    S2_DEFAULT, quality)
 
@@ -157,7 +169,7 @@ def _landsat(folder: Path, files: list[Path]) -> Product | None:
     quality = None
     for p in named:
         if _LS_QA.search(p.name):
-            quality = QualityLayer(p, "QA_PIXEL", bits=LANDSAT_QA_BITS)
+            quality = MaskRule(p, "QA_PIXEL", bits=LANDSAT_QA_BITS)
         elif (m := _LS_BAND.search(p.name)) and bool(m.group(1)) == level2 and m.group(2).upper() in table:
             key = m.group(2).upper()
             name = f"SR_{key}" if level2 else key

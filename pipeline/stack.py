@@ -17,7 +17,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError, OutputError
 from pipeline.files import atomic_path
+from pipeline.products import MaskRule
 from pipeline.raster import (
     GDAL_ERRORS,
     READ_ENV,
@@ -58,25 +59,6 @@ class Source:
     band: int
     name: str
     wavelength: float | None = None
-
-
-@dataclass(frozen=True)
-class MaskRule:
-    """Pixels of raster ``path`` (band 1) with one of ``values`` or any of ``bits`` set are masked in the stack."""
-
-    path: str
-    label: str
-    values: tuple[int, ...] = ()
-    bits: tuple[int, ...] = ()
-
-    def bad(self, data: np.ndarray) -> np.ndarray:
-        """Where ``data`` (the layer's values) marks a pixel unusable."""
-        out = np.zeros(data.shape, bool)
-        if self.values:
-            out |= np.isin(data, self.values)
-        if self.bits:
-            out |= (data.astype(np.int64) & sum(1 << b for b in self.bits)) != 0
-        return out
 
 
 @dataclass(frozen=True)
@@ -138,7 +120,7 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
         chosen = product.select(bands)
         sources = [Source(str(b.path), 1, b.name, b.wavelength) for b in chosen]
         q = product.quality
-        rules = [MaskRule(str(q.path), q.label, q.values, q.bits)] if quality and q is not None else []
+        rules = [replace(q, path=str(q.path))] if quality and q is not None else []
         return sources, rules, product.sensor
     sources = []
     for path in inputs:
