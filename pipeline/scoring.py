@@ -104,8 +104,8 @@ def score_raster(
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
-    to_rarity = rarity_of(detector)
-    names = list(detector.outputs) + (["rarity"] if to_rarity is not _NO_RARITY else [])
+    rarity = rarity_of(detector)
+    names = list(detector.outputs) + (["rarity"] if rarity[0] else [])
     if not fast:  # only then: detectors without the option keep working as before
         options["fast"] = False
     with open_raster(tile) as ds:
@@ -133,7 +133,7 @@ def score_raster(
                                                      threads=readers))
             sink = stack.enter_context(BlockWriter(writers))
             for block in blocks:
-                scores, valid = score_block(detector, block, nodata, options, to_rarity)
+                scores, valid = score_block(detector, block, nodata, options, rarity)
                 n = int(valid.sum())
                 if mask_out is None:
                     sink.write(block.window, scores)
@@ -195,35 +195,29 @@ def score_tiles(
     return run_tiles(jobs, one, on_done)
 
 
-def rarity_of(detector: Detector) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The score -> rarity lookup the score raster's last band is written with.
+def rarity_of(detector: Detector) -> tuple[bool, Callable[[np.ndarray], np.ndarray] | None]:
+    """Whether the score raster gets a rarity band after the detector's outputs, and the score -> rarity lookup it
+    is written with.
 
-    ``_NO_RARITY`` (no such band) for adapters whose first output is not an anomaly score (latent features); None
-    (a band of nodata, with a warning) for a detector without calibration (local RX).
+    No band for adapters whose first output is not an anomaly score (latent features); a band of nodata (lookup
+    None, with a warning) for a detector without calibration (local RX).
     """
     if not detector.outputs or detector.outputs[0] != "score" or not hasattr(detector, "rarity_table"):
-        return _NO_RARITY
+        return False, None
     if not detector.meta.get("calibration"):
         warnings.warn(f"{detector.kind} model has no calibration of held-out scores: the rarity band is nodata",
                       RsvaeWarning, stacklevel=3)
-        return None
-    return detector.rarity_table()
-
-
-def _no_rarity(scores: np.ndarray) -> np.ndarray:
-    """A marker, never called: the detector's rasters carry no rarity band."""
-    raise AssertionError("no rarity band")
-
-
-_NO_RARITY = _no_rarity
+        return True, None
+    return True, detector.rarity_table()
 
 
 def score_block(detector: Detector, block: Block, nodata: float, options: dict[str, Any],
-                to_rarity: Callable[[np.ndarray], np.ndarray] | None = _NO_RARITY) -> tuple[np.ndarray, np.ndarray]:
+                rarity: tuple[bool, Callable[[np.ndarray], np.ndarray] | None] = (False, None),
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Score one block: ``(outputs (k, rows, cols) float32 with nodata where invalid, valid (rows, cols))``.
 
-    With ``to_rarity`` (see ``rarity_of``), one more band after the detector's outputs: the score's rarity (None:
-    nodata).
+    With ``rarity`` (``rarity_of``: band, lookup), one more band after the detector's outputs: the score's rarity
+    (nodata where the lookup is None).
 
     The detector is asked, in this order, for ``score_block(data, valid)`` when it has a ``halo`` (detectors that
     need neighbours, e.g. local RX: the block comes with ``halo`` pixels of margin on every side, beyond the raster
@@ -232,7 +226,7 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
     """
     data, valid = block.core()
     k = len(detector.outputs)
-    extra = to_rarity is not _NO_RARITY
+    extra, to_rarity = rarity
     out = np.full((k + extra, *valid.shape), nodata, np.float32)
     if not valid.any():
         return out, valid
@@ -242,7 +236,7 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
         valid = valid & np.isfinite(terms["score"])
         for i, key in enumerate(detector.outputs):
             out[i][valid] = np.asarray(terms[key])[valid]
-        if extra and to_rarity is not None:
+        if to_rarity is not None:
             out[k][valid] = to_rarity(out[0][valid])
         return out, valid
     everything = bool(valid.all())
@@ -256,7 +250,7 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
             out[i].reshape(-1)[:] = terms[key]
         else:
             out[i][valid] = terms[key]
-    if extra and to_rarity is not None:
+    if to_rarity is not None:
         if everything:
             out[k].reshape(-1)[:] = to_rarity(out[0].reshape(-1))
         else:
