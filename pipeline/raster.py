@@ -237,11 +237,14 @@ def valid_mask(data: np.ndarray, nodata: float | None, masks: np.ndarray | None 
     ``scratch``, a bool array of ``data``'s size, saves allocating the temporaries (the streaming readers pass one).
     """
     valid = np.ones(data.shape[1:], dtype=bool)
+    axis = 0
+    if pixel_major(data):  # reduce over the bands where they lie: the last axis of (rows, cols, bands)
+        data, axis = data.transpose(1, 2, 0), -1
     tmp = scratch.reshape(-1)[:data.size].reshape(data.shape) if scratch is not None else None
     if np.issubdtype(data.dtype, np.floating):
-        valid &= np.logical_and.reduce(np.isfinite(data, out=tmp), axis=0)
+        valid &= np.logical_and.reduce(np.isfinite(data, out=tmp), axis=axis)
     if nodata is not None and not math.isnan(nodata) and _representable(nodata, data.dtype):
-        valid &= np.logical_and.reduce(np.not_equal(data, data.dtype.type(nodata), out=tmp), axis=0)
+        valid &= np.logical_and.reduce(np.not_equal(data, data.dtype.type(nodata), out=tmp), axis=axis)
     if masks is not None:
         valid &= (masks != 0).all(axis=0)
     return valid
@@ -256,34 +259,69 @@ def _representable(value: float, dtype: np.dtype) -> bool:
 
 
 class WindowReader:
-    """Reads band-major blocks and their validity from one open dataset."""
+    """Reads band-major blocks and their validity from one open dataset.
 
-    def __init__(self, ds: rasterio.io.DatasetReader):
+    Where the file qualifies (``tiffdecode.TileDecoder.open``: a local tiled, pixel-interleaved GeoTIFF), a window
+    that is one of its tiles is decoded directly, without GDAL's per-band copy, and its data is a (bands, rows, cols)
+    view of pixel-interleaved memory (see ``pixel_major``); other windows and files are read through GDAL.
+    """
+
+    def __init__(self, ds: rasterio.io.DatasetReader, direct: bool = True):
+        from pipeline.tiffdecode import TileDecoder
+
         self.ds = ds
         self.nodata = ds.nodata
         self.read_masks = _needs_mask_read(ds)
+        self.tiles, self.why_not_direct = TileDecoder.open(ds) if direct else (None, "not asked for")
+
+    def buffer_elements(self, largest_window: int) -> int:
+        """Elements a flat ``buffer`` needs for windows of up to ``largest_window`` pixels (a whole tile when
+        decoding tiles directly: a file's edge tiles are stored full size)."""
+        need = largest_window * self.ds.count
+        return max(need, self.tiles.tile_elements) if self.tiles is not None else need
 
     def read(self, window: Window, buffer: np.ndarray | None = None,
              scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(data, valid)``: data (bands, rows, cols) in the file's dtype, valid (rows, cols) bool.
 
-        With ``buffer`` (a flat array of the file's dtype, large enough), data is read into it rather than into a
-        new array; ``scratch`` (flat bool, as large) serves the validity test. Streaming reuses both.
+        With ``buffer`` (a flat array of the file's dtype, ``buffer_elements`` long), data is read into it rather
+        than into a new array; ``scratch`` (flat bool, as large) serves the validity test. Streaming reuses both.
         """
         shape = (self.ds.count, int(window.height), int(window.width))
+        index = self.tiles.index(window) if self.tiles is not None else None
+        masks = None
         try:
-            if buffer is None:
-                data = self.ds.read(window=window)
+            if index is not None:
+                if buffer is None or buffer.size < self.tiles.tile_elements:
+                    buffer = np.empty(self.tiles.tile_elements, self.tiles.dtype)
+                try:
+                    data = self.tiles.read(index, buffer, shape[1], shape[2])
+                except (OSError, ValueError, RuntimeError) as exc:  # imagecodecs' errors are RuntimeErrors
+                    raise self._unreadable(window, str(exc)) from None
             else:
-                data = buffer[:math.prod(shape)].reshape(shape)
-                self.ds.read(window=window, out=data)
-            masks = self.ds.read_masks(window=window) if self.read_masks else None
+                if buffer is None:
+                    data = self.ds.read(window=window)
+                else:
+                    data = buffer[:math.prod(shape)].reshape(shape)
+                    self.ds.read(window=window, out=data)
+                masks = self.ds.read_masks(window=window) if self.read_masks else None
         except GDAL_ERRORS as exc:
-            raise InputError(
-                f"{self.ds.name}: could not read window at row {int(window.row_off)}, col {int(window.col_off)} "
-                f"(file truncated or corrupted? {_gdal_message(exc)})"
-            ) from None
+            raise self._unreadable(window, _gdal_message(exc)) from None
         return data, valid_mask(data, self.nodata, masks, scratch)
+
+    def _unreadable(self, window: Window, why: str) -> InputError:
+        return InputError(f"{self.ds.name}: could not read window at row {int(window.row_off)}, "
+                          f"col {int(window.col_off)} (file truncated or corrupted? {why})")
+
+    def close(self) -> None:
+        """Close the direct decoder's file handle (the dataset is the caller's to close)."""
+        if self.tiles is not None:
+            self.tiles.close()
+
+
+def pixel_major(data: np.ndarray) -> bool:
+    """Whether a (bands, rows, cols) block is a view of pixel-interleaved memory (bands adjacent in memory)."""
+    return data.ndim == 3 and data.shape[0] > 1 and data.strides[0] == data.itemsize
 
 
 # --------------------------------------------------------------------------------------------- streaming
@@ -382,13 +420,15 @@ class BlockReader:
     the consumer's work, and memory is fixed at ``threads * depth`` windows (no allocation per window, which
     otherwise grows the readers' malloc arenas). A yielded Block is valid until the next one is asked for.
     ``margin`` grows every window by that many pixels (clipped to the raster) for detectors that look at
-    neighbours. ``threads=0`` reads in the consumer's thread. Use as a context manager; errors of the readers
-    (an unreadable block) are raised in the consumer.
+    neighbours. ``threads=0`` reads in the consumer's thread. ``direct`` (the default) decodes the tiles of a
+    pixel-interleaved GeoTIFF without GDAL (``WindowReader``): its blocks are then pixel-interleaved views.
+    Use as a context manager; errors of the readers (an unreadable block) are raised in the consumer.
     """
 
     def __init__(self, path: str | Path, windows: Sequence[Window], width: int, height: int, *, margin: int = 0,
-                 threads: int = 2, depth: int = 2):
+                 threads: int = 2, depth: int = 2, direct: bool = True):
         self.path = path
+        self.direct = direct
         self.windows = list(windows)
         self.size = (width, height)
         self.margin = margin
@@ -403,19 +443,19 @@ class BlockReader:
         window = self.windows[i]
         return with_margin(window, self.margin, *self.size) if self.margin else (window, (slice(None),) * 2)
 
-    def _buffer(self, ds: rasterio.io.DatasetReader, dtype: Any = None) -> np.ndarray:
-        """A flat buffer as large as the largest (grown) window, of the file's dtype or ``dtype``."""
+    def _buffer(self, reader: WindowReader, dtype: Any = None) -> np.ndarray:
+        """A flat buffer for the largest (grown) window (``reader.buffer_elements``), of the file's dtype or
+        ``dtype``."""
         largest = max(int(w.width) * int(w.height) for w in (self._grown(i)[0] for i in range(len(self.windows))))
-        return np.empty(largest * ds.count, dtype or ds.dtypes[0])
+        return np.empty(reader.buffer_elements(largest), dtype or reader.ds.dtypes[0])
 
     def _work(self, k: int) -> None:
         ready, free = self._ready[k], self._free[k]
         try:
-            with open_raster(self.path) as ds:
-                reader = WindowReader(ds)
-                scratch = self._buffer(ds, bool)
+            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
+                scratch = self._buffer(reader, bool)
                 for _ in range(self.depth):
-                    free.put(self._buffer(ds))
+                    free.put(self._buffer(reader))
                 for i in range(k, len(self.windows), self.threads):
                     while True:  # wait for a free buffer: the consumer is at most `depth` windows behind
                         if self._stop.is_set():
@@ -438,9 +478,8 @@ class BlockReader:
 
     def __iter__(self) -> Iterator[Block]:
         if not self.threads:
-            with open_raster(self.path) as ds:
-                reader = WindowReader(ds)
-                buffer, scratch = self._buffer(ds), self._buffer(ds, bool)
+            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
+                buffer, scratch = self._buffer(reader), self._buffer(reader, bool)
                 for i in range(len(self.windows)):
                     grown, inner = self._grown(i)
                     data, valid = reader.read(grown, buffer, scratch)

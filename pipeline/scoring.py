@@ -32,6 +32,7 @@ from pipeline.raster import (
     iter_windows,
     open_raster,
     output_nodata,
+    pixel_major,
     tile_name,
     writer_like,
 )
@@ -221,8 +222,9 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
 
     The detector is asked, in this order, for ``score_block(data, valid)`` when it has a ``halo`` (detectors that
     need neighbours, e.g. local RX: the block comes with ``halo`` pixels of margin on every side, beyond the raster
-    edge as invalid; a pixel it cannot score, NaN, is nodata), ``score_bands(pixels (bands, n))`` (a band-major
-    fast path: no transposed copy of rasterio's blocks), or the generic ``score(pixels (n, bands))``.
+    edge as invalid; a pixel it cannot score, NaN, is nodata), ``score(pixels (n, bands))`` for a pixel-interleaved
+    block (a directly decoded tile: its rows are the pixels, no copy), ``score_bands(pixels (bands, n))`` (a
+    band-major fast path: no transposed copy of rasterio's blocks), or the generic ``score(pixels (n, bands))``.
     """
     data, valid = block.core()
     k = len(detector.outputs)
@@ -240,11 +242,14 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
             out[k][valid] = to_rarity(out[0][valid])
         return out, valid
     everything = bool(valid.all())
-    pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
-    if hasattr(detector, "score_bands"):
+    if pixel_major(data):  # a directly decoded tile: (rows, cols, bands) memory, handed over as (n, bands) rows
+        rows = data.transpose(1, 2, 0)
+        terms = detector.score(rows.reshape(-1, rows.shape[-1]) if everything else rows[valid], **options)
+    elif hasattr(detector, "score_bands"):
+        pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
         terms = detector.score_bands(pixels, **options)
     else:
-        terms = detector.score(pixels.T, **options)
+        terms = detector.score((data.reshape(data.shape[0], -1) if everything else data[:, valid]).T, **options)
     for i, key in enumerate(detector.outputs):
         if everything:
             out[i].reshape(-1)[:] = terms[key]
