@@ -6,10 +6,13 @@ Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF
 
 - training the default VAE on a 200 000-pixel sample of the scene: pixels seen per second, time to early stopping
   (with the thread counts of ``--train-threads``, under the CLI's passive OpenMP wait policy);
-- reading every block: with one dataset handle (the targets' baseline, with GDAL's default threads and with
-  ``GDAL_NUM_THREADS=ALL_CPUS``: the faster counts) and with rsvae's threaded reader;
+- reading every block: with rasterio's ``read`` and one dataset handle (the targets' baseline, with GDAL's default
+  threads and with ``GDAL_NUM_THREADS=ALL_CPUS``: the faster counts), and with rsvae's reader in one thread and in
+  two (it decodes a pixel-interleaved GeoTIFF's tiles itself, ``pipeline/tiffdecode.py``; ``--interleave band``
+  builds band-interleaved rasters, which it reads through GDAL);
 - two I/O-only passes (read + write a 3-band float32 COG with rsvae's writer, no model): the plain loop the issue's
-  target 1b names (read a block, write a block, one thread; again the faster of default and all GDAL threads), and
+  target 1b names (read a block with rsvae's ``WindowReader``, write a block, one thread; again the faster of
+  default and all GDAL threads), and
   rsvae's threaded streaming scorer with a model that does nothing (a stricter baseline: it shows what the model's
   arithmetic costs on top of overlapped I/O);
 - ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster), and with
@@ -100,8 +103,9 @@ class Scene:
         return np.ascontiguousarray(np.concatenate(out)[:n])
 
 
-def build_raster(path: Path, size: int, bands: int, seed: int = 0) -> Path:
-    """Write the scene as a tiled deflate + predictor-3 float32 GeoTIFF at ``path`` (atomically; reused if there)."""
+def build_raster(path: Path, size: int, bands: int, seed: int = 0, interleave: str = "pixel") -> Path:
+    """Write the scene as a tiled deflate + predictor-3 float32 GeoTIFF at ``path`` (atomically; reused if there),
+    pixel- (GDAL's default) or band-interleaved."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -113,7 +117,7 @@ def build_raster(path: Path, size: int, bands: int, seed: int = 0) -> Path:
     profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="float32", nodata=NODATA,
                    crs="EPSG:32632", transform=from_origin(500000, 5000000, 30, 30), tiled=True,
                    blockxsize=BLOCK, blockysize=BLOCK, compress="DEFLATE", predictor=3, bigtiff="IF_SAFER",
-                   num_threads="ALL_CPUS")
+                   num_threads="ALL_CPUS", interleave=interleave)
     from rasterio.windows import Window
 
     with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(tmp, "w", **profile) as ds:
@@ -182,20 +186,23 @@ class NullDetector:
         return {k: first for k in self.outputs}
 
 
-def stage_read(raster: str, threads: int = 0) -> dict:
-    """Read every block once, as rsvae opens rasters (same GDAL settings): with one dataset handle in one thread
-    (``threads=0``), or with rsvae's streaming reader (``threads`` handles and threads)."""
+def stage_read(raster: str, reader: str = "gdal") -> dict:
+    """Read every block once, as rsvae opens rasters (same GDAL settings): ``gdal``, rasterio's ``read`` with one
+    dataset handle in one thread (the targets' baseline); ``rsvae1``, rsvae's reader in one thread (tiles of a
+    pixel-interleaved GeoTIFF decoded directly, ``pipeline/tiffdecode.py``); ``rsvae2``, its streaming reader with
+    two threads (a handle each), as ``rsvae score`` reads."""
     from pipeline.raster import BlockReader, info_of, iter_windows, open_raster
 
     t0 = time.perf_counter()
     total = 0
     with open_raster(raster) as ds:
-        if not threads:
+        if reader == "gdal":
             for w in iter_windows(ds):
                 block = ds.read(window=w)
                 total += block.shape[1] * block.shape[2]
         else:
             info = info_of(ds)
+            threads = {"rsvae1": 0, "rsvae2": 2}[reader]
             with BlockReader(raster, iter_windows(ds), info.width, info.height, threads=threads) as blocks:
                 for b in blocks:
                     total += b.data.shape[1] * b.data.shape[2]
@@ -342,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096, help="raster width and height in pixels (default 4096)")
     p.add_argument("--bands", type=int, default=64)
+    p.add_argument("--interleave", choices=["pixel", "band"], default="pixel",
+                   help="the test rasters' layout: pixel-interleaved (GDAL's default; rsvae decodes its tiles "
+                        "directly) or band-interleaved (read through GDAL)")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rsvae-bench",
                    help="folder for the test rasters, kept between runs")
     p.add_argument("--train-pixels", type=int, default=200_000, help="training sample size (default 200000)")
@@ -377,9 +387,12 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
     checks: list[tuple[str, bool, str]] = []
     say = functools.partial(print, file=sys.stderr, flush=True)
     t_build = time.perf_counter()
-    raster = build_raster(a.cache / f"scene_{a.size}x{a.size}x{a.bands}.tif", a.size, a.bands)
+    layout = "" if a.interleave == "pixel" else f"_{a.interleave}"
+    raster = build_raster(a.cache / f"scene_{a.size}x{a.size}x{a.bands}{layout}.tif", a.size, a.bands,
+                          interleave=a.interleave)
     half = max(BLOCK, a.size // 2)
-    small = build_raster(a.cache / f"scene_{half}x{half}x{a.bands}.tif", half, a.bands)
+    small = build_raster(a.cache / f"scene_{half}x{half}x{a.bands}{layout}.tif", half, a.bands,
+                         interleave=a.interleave)
     say(f"rasters ready in {time.perf_counter() - t_build:.1f} s: {raster} ({raster.stat().st_size / 2**20:.0f} MiB)")
     px = a.size * a.size
     model = work / "model"
@@ -396,9 +409,10 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
     # other processes on a shared machine only ever slow a run down.
     rsvae = [sys.executable, "-m", "pipeline", "score", "-q", str(model)]
     runs = {
-        "read": [sys.executable, __file__, "--stage", "read", str(raster), "0"],
-        "read_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "read", str(raster), "0"],
-        "read2": [sys.executable, __file__, "--stage", "read", str(raster), "2"],
+        "read": [sys.executable, __file__, "--stage", "read", str(raster), "gdal"],
+        "read_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "read", str(raster), "gdal"],
+        "read1": [sys.executable, __file__, "--stage", "read", str(raster), "rsvae1"],
+        "read2": [sys.executable, __file__, "--stage", "read", str(raster), "rsvae2"],
         "plain": [sys.executable, __file__, "--stage", "io_plain", str(raster), str(work / "plain.tif")],
         "plain_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "io_plain", str(raster),
                       str(work / "plain.tif")],
@@ -425,6 +439,9 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
                  f"{rss['read']:.0f}"))
     rows.append(("the same with GDAL_NUM_THREADS=ALL_CPUS", f"{mpx['read_all']:.2f}",
                  f"{mpx['read_all'] / read_mpx:.2f}", f"{rss['read_all']:.0f}"))
+    how = "its tiles decoded directly" if a.interleave == "pixel" else "through GDAL: band-interleaved"
+    rows.append((f"read every block with rsvae's reader, one thread ({how})", f"{mpx['read1']:.2f}",
+                 f"{mpx['read1'] / read_mpx:.2f}", f"{rss['read1']:.0f}"))
     rows.append(("read every block with rsvae's reader (2 threads, a handle each)", f"{read2_mpx:.2f}",
                  f"{read2_mpx / read_mpx:.2f}", f"{rss['read2']:.0f}"))
     rows.append((f"I/O-only, one plain loop: read a block, write a 3-band float32 block with rsvae's writer "
@@ -496,7 +513,8 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "GDAL_NUM_THREADS", "GDAL_CACHEMAX") if k in os.environ}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{a.size} × {a.size} × {a.bands} float32 GeoTIFF (deflate, predictor 3, 256-pixel tiles, "
+    print(f"\n{a.size} × {a.size} × {a.bands} float32 GeoTIFF ({a.interleave}-interleaved, deflate, predictor 3, "
+          f"256-pixel tiles, "
           f"{raster.stat().st_size / 2**20:.0f} MiB); {os.cpu_count()} CPUs (load {load:.1f} at the end), "
           f"torch {torch.__version__}, GDAL {rasterio.__gdal_version__}" + (f", env {env}" if env else "") + "\n")
     print("| stage | Mpixel/s | × read | peak RSS (MiB) |")

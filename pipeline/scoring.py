@@ -242,7 +242,8 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
             out[k][valid] = to_rarity(out[0][valid])
         return out, valid
     everything = bool(valid.all())
-    if pixel_major(data):  # a directly decoded tile: (rows, cols, bands) memory, handed over as (n, bands) rows
+    if pixel_major(data) and hasattr(detector, "score"):
+        # a directly decoded tile: (rows, cols, bands) memory, handed over as (n, bands) rows
         rows = data.transpose(1, 2, 0)
         terms = detector.score(rows.reshape(-1, rows.shape[-1]) if everything else rows[valid], **options)
     elif hasattr(detector, "score_bands"):

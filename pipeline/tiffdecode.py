@@ -3,7 +3,7 @@
 A tile of a pixel-interleaved file holds every band of its pixels, (rows, cols, bands). GDAL hands a band-major
 block out of it by copying each band out one value at a time (to its per-band block cache, then to the caller): for
 64 float32 bands that copy costs about as much as decompressing the tile (37 % of reading, ``perf``-profiled). Here
-the tile's bytes are read with ``os.pread``, decompressed (libdeflate for deflate) and un-predicted straight into the
+the tile's bytes are read into a reused buffer, decompressed (libdeflate for deflate) and un-predicted straight into the
 caller's buffer, and the block is handed out as a (bands, rows, cols) *view* of that pixel-interleaved memory: the
 same values GDAL reads, bit for bit (tests hold them equal), with no copy. The scorer feeds such blocks to the model
 pixel-major.
@@ -86,7 +86,8 @@ class TileDecoder:
         self.across = -(-self.width // self.tile[1])
         self.tile_elements = self.tile[0] * self.tile[1] * self.bands
         self._raw = np.empty(self.tile_elements * self.dtype.itemsize if self.unpredict else 0, np.uint8)
-        self._fd: int | None = None
+        self._compressed = np.empty(int(self.counts.max()), np.uint8)  # a tile's stored bytes, reused
+        self._file: Any = None
 
     def index(self, window: Window) -> int | None:
         """The tile ``window`` is exactly (clipped to the raster), or None when it is not one tile."""
@@ -101,24 +102,28 @@ class TileDecoder:
     def read(self, index: int, buffer: np.ndarray, rows: int, cols: int) -> np.ndarray:
         """Decode tile ``index`` into ``buffer`` (flat, of the file's dtype, ``tile_elements`` long at least) and
         return its top-left ``rows`` x ``cols`` pixels as a (bands, rows, cols) view of pixel-interleaved memory."""
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            self._closer = weakref.finalize(self, os.close, self._fd)  # also for readers nobody closes
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed by close() or the finalizer
+            self._closer = weakref.finalize(self, self._file.close)  # also for readers nobody closes
         th, tw = self.tile
         out = buffer[:self.tile_elements].reshape(1, th, tw, self.bands)
-        data = os.pread(self._fd, int(self.counts[index]), int(self.offsets[index]))
+        count = int(self.counts[index])
+        self._file.seek(int(self.offsets[index]))
+        if self._file.readinto(memoryview(self._compressed)[:count]) != count:
+            raise ValueError(f"tile {index} is cut short (file truncated?)")
+        data = self._compressed[:count]
         nbytes = self.tile_elements * self.dtype.itemsize
         if self.unpredict is None:
             target = out.reshape(-1).view(np.uint8)
             if self.decompress is None:
-                target[:len(data)] = np.frombuffer(data, np.uint8)
+                target[:len(data)] = data
                 got = len(data)
             else:
                 got = _decoded_size(self.decompress(data, out=target), nbytes)
         else:
             raw = self._raw
             if self.decompress is None:
-                raw[:len(data)] = np.frombuffer(data, np.uint8)
+                raw[:len(data)] = data
                 got = len(data)
             else:
                 got = _decoded_size(self.decompress(data, out=raw), nbytes)
@@ -130,9 +135,9 @@ class TileDecoder:
 
     def close(self) -> None:
         """Close the file (a later ``read`` opens it again)."""
-        if self._fd is not None:
+        if self._file is not None:
             self._closer()
-            self._fd = None
+            self._file = None
 
 
 def _decoded_size(result: Any, expected: int) -> int:
