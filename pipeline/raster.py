@@ -452,7 +452,9 @@ class BlockReader:
     def _work(self, k: int) -> None:
         ready, free = self._ready[k], self._free[k]
         try:
-            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
+            # grown windows (a margin) are never exactly one tile: no direct decoder for them
+            direct = self.direct and not self.margin
+            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, direct)) as reader:
                 scratch = self._buffer(reader, bool)
                 for _ in range(self.depth):
                     free.put(self._buffer(reader))
@@ -478,7 +480,8 @@ class BlockReader:
 
     def __iter__(self) -> Iterator[Block]:
         if not self.threads:
-            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
+            with open_raster(self.path) as ds, \
+                    contextlib.closing(WindowReader(ds, self.direct and not self.margin)) as reader:
                 buffer, scratch = self._buffer(reader), self._buffer(reader, bool)
                 for i in range(len(self.windows)):
                     grown, inner = self._grown(i)

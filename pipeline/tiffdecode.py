@@ -79,6 +79,9 @@ class TileDecoder:
             return None, f"tifffile: {exc}"
         if counts.size == 0 or (counts <= 0).any():
             return None, "sparse file (missing tiles)"
+        tile_bytes = int(page.tilelength) * int(page.tilewidth) * ds.count * np.dtype(ds.dtypes[0]).itemsize
+        if counts.max() > 2 * tile_bytes + 65536:  # more than any codec here makes of a tile: a damaged header
+            return None, "tile byte counts out of range"
         return cls(name, ds.width, ds.height, (int(page.tilelength), int(page.tilewidth)), ds.count,
                    np.dtype(ds.dtypes[0]), offsets, counts, decompress, unpredict), ""
 

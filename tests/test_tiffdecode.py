@@ -102,6 +102,7 @@ def test_a_file_with_a_mask_band_is_read_by_gdal(tmp_path):
 def test_sparse_and_single_band_files_are_read_by_gdal(tmp_path):
     sparse = tmp_path / "sparse.tif"
     with rasterio.open(sparse, "w", driver="GTiff", width=64, height=64, count=3, dtype="float32", nodata=-1,
+                       crs="EPSG:32632", transform=rasterio.transform.from_origin(500000, 5000000, 30, 30),
                        tiled=True, blockxsize=32, blockysize=32, compress="deflate", SPARSE_OK=True) as ds:
         ds.write(np.ones((3, 32, 32), np.float32), window=((0, 32), (0, 32)))
     with open_raster(sparse) as ds:
@@ -170,3 +171,25 @@ def test_scores_are_the_same_from_decoded_tiles_and_from_gdal(tmp_path, model_di
         sa, sb = a.read(), b.read()
     assert sa[0, 10, 10] == -9999
     np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-5)
+
+
+def test_a_damaged_tile_size_leaves_the_file_to_gdal(tmp_path):
+    """An absurd TileByteCounts entry (a damaged header) allocates nothing: GDAL reads, and reports the bad tile."""
+    import struct
+
+    import tifffile
+
+    data = _scene("float32")
+    path = write_tif(tmp_path / "d.tif", data, tiled=True, blockxsize=32, blockysize=32, compress="deflate")
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags["TileByteCounts"]
+        assert tag.dtype == 4 and tf.byteorder == "<"  # LONG entries, little-endian
+        where = tag.valueoffset
+    raw = bytearray(path.read_bytes())
+    raw[where:where + 4] = struct.pack("<I", 0x7FFFFFFF)
+    path.write_bytes(bytes(raw))
+    with open_raster(path) as ds:
+        reader = WindowReader(ds)
+        assert reader.tiles is None and "out of range" in reader.why_not_direct
+        with pytest.raises(InputError, match=r"d\.tif: could not read window at row 0, col 0"):
+            reader.read(iter_windows(ds)[0])
