@@ -247,3 +247,19 @@ def test_bf16_lever_restores_the_process_wide_setting(model_dir, sample_file):
     assert np.isfinite(out.numpy()).all()
     with pytest.raises(ValueError, match="unknown products"):
         FoldedScorer(det, True, ("decoder",))
+
+
+def test_validation_loss_in_chunks_is_the_mean_loss_of_the_whole_set():
+    """Validation runs in chunks for speed; with the same noise draws it is the one-pass mean."""
+    from pipeline.detectors.vae import mean_loss, validation_loss
+
+    m = VAE(16, [32], 4).eval()
+    x = torch.randn(5000, 16)  # not a multiple of the chunk
+    for kind in ("gaussian", "mse"):
+        torch.manual_seed(1)
+        chunked = validation_loss(m, x, kind, 0.5, chunk=1024)
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            xhat, mu, logvar = m(x)
+            whole = float(mean_loss(x, xhat, mu, logvar, kind, 0.5))
+        assert abs(chunked - whole) <= 1e-6 * abs(whole)
