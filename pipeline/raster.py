@@ -272,7 +272,12 @@ class WindowReader:
         self.ds = ds
         self.nodata = ds.nodata
         self.read_masks = _needs_mask_read(ds)
-        self.tiles, self.why_not_direct = TileDecoder.open(ds) if direct else (None, "not asked for")
+        if not direct:
+            self.tiles, self.why_not_direct = None, "not asked for"
+        elif self.read_masks:  # GDAL reads the mask band alongside its data
+            self.tiles, self.why_not_direct = None, "has a mask band"
+        else:
+            self.tiles, self.why_not_direct = TileDecoder.open(ds)
 
     def buffer_elements(self, largest_window: int) -> int:
         """Elements a flat ``buffer`` needs for windows of up to ``largest_window`` pixels (a whole tile when
@@ -428,7 +433,7 @@ class BlockReader:
     def __init__(self, path: str | Path, windows: Sequence[Window], width: int, height: int, *, margin: int = 0,
                  threads: int = 2, depth: int = 2, direct: bool = True):
         self.path = path
-        self.direct = direct
+        self.direct = direct and not margin  # grown windows are never exactly one tile: no decoder for them
         self.windows = list(windows)
         self.size = (width, height)
         self.margin = margin
@@ -452,9 +457,7 @@ class BlockReader:
     def _work(self, k: int) -> None:
         ready, free = self._ready[k], self._free[k]
         try:
-            # grown windows (a margin) are never exactly one tile: no direct decoder for them
-            direct = self.direct and not self.margin
-            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, direct)) as reader:
+            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
                 scratch = self._buffer(reader, bool)
                 for _ in range(self.depth):
                     free.put(self._buffer(reader))
@@ -480,8 +483,7 @@ class BlockReader:
 
     def __iter__(self) -> Iterator[Block]:
         if not self.threads:
-            with open_raster(self.path) as ds, \
-                    contextlib.closing(WindowReader(ds, self.direct and not self.margin)) as reader:
+            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
                 buffer, scratch = self._buffer(reader), self._buffer(reader, bool)
                 for i in range(len(self.windows)):
                     grown, inner = self._grown(i)

@@ -246,11 +246,12 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
         # a directly decoded tile: (rows, cols, bands) memory, handed over as (n, bands) rows
         rows = data.transpose(1, 2, 0)
         terms = detector.score(rows.reshape(-1, rows.shape[-1]) if everything else rows[valid], **options)
-    elif hasattr(detector, "score_bands"):
-        pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
-        terms = detector.score_bands(pixels, **options)
     else:
-        terms = detector.score((data.reshape(data.shape[0], -1) if everything else data[:, valid]).T, **options)
+        pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
+        if hasattr(detector, "score_bands"):
+            terms = detector.score_bands(pixels, **options)
+        else:
+            terms = detector.score(pixels.T, **options)
     for i, key in enumerate(detector.outputs):
         if everything:
             out[i].reshape(-1)[:] = terms[key]

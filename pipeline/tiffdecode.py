@@ -11,7 +11,8 @@ pixel-major.
 Only files where this is exactly GDAL's reading qualify (``TileDecoder.open`` says why not, and the caller reads
 through GDAL): a local GTiff whose first image is tiled, pixel-interleaved, little-endian, with more than one band of
 one sample type, a lossless compression (none, deflate, LZW, ZSTD, LZMA) and predictor none, horizontal or
-floating-point, every tile present, and validity from nodata alone (no mask band to read).
+floating-point, and every tile present; ``raster.WindowReader`` asks for a decoder only where validity comes from
+nodata alone (no mask band to read).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
     import rasterio.io
     from rasterio.windows import Window
 
-#: TIFF compressions decoded here: lossless codecs whose decoded bytes are the samples as stored.
-COMPRESSIONS = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 34925: "lzma", 50000: "zstd"}
+#: TIFF compressions decoded here (none, LZW, deflate, old-style deflate, LZMA, ZSTD): lossless codecs whose decoded
+#: bytes are the samples as stored.
+COMPRESSIONS = {1, 5, 8, 32946, 34925, 50000}
 #: TIFF predictors undone here: none, horizontal differencing, floating-point.
 PREDICTORS = {1, 2, 3}
 
@@ -116,24 +118,17 @@ class TileDecoder:
             raise ValueError(f"tile {index} is cut short (file truncated?)")
         data = self._compressed[:count]
         nbytes = self.tile_elements * self.dtype.itemsize
-        if self.unpredict is None:
-            target = out.reshape(-1).view(np.uint8)
-            if self.decompress is None:
-                target[:len(data)] = data
-                got = len(data)
-            else:
-                got = _decoded_size(self.decompress(data, out=target), nbytes)
+        # the stored samples go to the output itself, or (with a predictor) to a scratch buffer it is undone from
+        target = out.reshape(-1).view(np.uint8) if self.unpredict is None else self._raw
+        if self.decompress is None:
+            target[:len(data)] = data
+            got = len(data)
         else:
-            raw = self._raw
-            if self.decompress is None:
-                raw[:len(data)] = data
-                got = len(data)
-            else:
-                got = _decoded_size(self.decompress(data, out=raw), nbytes)
-            if got == nbytes:
-                self.unpredict(raw.view(self.dtype).reshape(out.shape), axis=-2, out=out)
+            got = memoryview(self.decompress(data, out=target)).nbytes  # imagecodecs returns the filled part
         if got != nbytes:
             raise ValueError(f"tile {index} decoded to {got} bytes, expected {nbytes}")
+        if self.unpredict is not None:
+            self.unpredict(target.view(self.dtype).reshape(out.shape), axis=-2, out=out)
         return out[0, :rows, :cols].transpose(2, 0, 1)
 
     def close(self) -> None:
@@ -143,18 +138,8 @@ class TileDecoder:
             self._file = None
 
 
-def _decoded_size(result: Any, expected: int) -> int:
-    """The byte count a decompressor with ``out=`` reports (imagecodecs returns the filled part of ``out``)."""
-    try:
-        return len(memoryview(result).cast("B"))
-    except TypeError:  # pragma: no cover - a codec that returns a count
-        return int(result) if isinstance(result, int) else expected
-
-
 def _unsupported(page: Any, byteorder: str, ds: rasterio.io.DatasetReader) -> str:
     """Why the first image of a TIFF is not read here ("" when it is)."""
-    from pipeline.raster import _needs_mask_read
-
     th, tw = ds.block_shapes[0]
     checks = [
         (byteorder == "<", "big-endian file"),
@@ -168,6 +153,5 @@ def _unsupported(page: Any, byteorder: str, ds: rasterio.io.DatasetReader) -> st
         (page.fillorder == 1 and not page.is_subsampled, "bit order or subsampling"),
         (page.bitspersample in (8, 16, 32, 64), f"{page.bitspersample} bits per sample"),
         (np.dtype(page.dtype) == np.dtype(ds.dtypes[0]), "sample type differs from GDAL's"),
-        (not _needs_mask_read(ds), "has a mask band"),
     ]
     return next((why for ok, why in checks if not ok), "")
