@@ -32,6 +32,10 @@ def _fill_defaults(node: dict[str, Any], value: dict[str, Any]) -> None:
             value[key] = copy.deepcopy(sub["default"])
         if sub.get("type") == "object" and isinstance(value.get(key), dict):
             _fill_defaults(sub, value[key])
+        if isinstance(value.get(key), list) and "properties" in sub.get("items", {}):  # lists of objects
+            for item in value[key]:
+                if isinstance(item, dict):
+                    _fill_defaults(sub["items"], item)
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:

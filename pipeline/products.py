@@ -50,7 +50,7 @@ class Band:
     """One band file of a product: its sensor name (the stack's band description) and centre wavelength."""
 
     name: str
-    path: Path
+    path: str | Path  # a URL for a remote STAC asset
     wavelength: float
 
 
@@ -78,12 +78,14 @@ class MaskRule:
 class Product:
     """A recognised product folder: its sensor, every band file by name, the default bands, the quality layer."""
 
-    folder: Path
+    folder: str | Path  # a STAC item's file or URL
     sensor: str
     bands: dict[str, Band]
     default: tuple[str, ...]
     quality: MaskRule | None = None
     notes: list[str] = field(default_factory=list)
+    #: other names a band is chosen by (normal_name -> band key): a STAC item's asset keys and common names
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def select(self, names: Sequence[str] | None = None) -> list[Band]:
         """The chosen bands in the order given (default: the reflective ones in wavelength order)."""
@@ -102,7 +104,7 @@ class Product:
     def _key(self, name: str) -> str | None:
         """The product's band key for a user's band name (case-insensitive; B2 = B02, SR_B2 = B2)."""
         wanted = normal_name(name)
-        return next((key for key in self.bands if normal_name(key) == wanted), None)
+        return next((key for key in self.bands if normal_name(key) == wanted), self.aliases.get(wanted))
 
 
 def normal_name(name: str) -> str:
@@ -188,6 +190,10 @@ def recognise(folder: str | Path) -> Product:
         raise InputError(f"{folder}: not a folder")
     files = _files(folder)
     product = _landsat(folder, files) or _sentinel2(folder, files)
+    if product is None:  # downloaded STAC assets named by key (B02.tif, blue.tif, scl.tif, ...)
+        from pipeline.stac import folder_product
+
+        product = folder_product(folder)
     if product is None:
         raise InputError(f"no Sentinel-2 or Landsat band files in {folder}; give the band files instead")
     return product

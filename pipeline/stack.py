@@ -102,21 +102,27 @@ class _Input:
 
 def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
                 quality: bool = True) -> tuple[list[Source], list[MaskRule], str | None]:
-    """The stack's bands and the product's quality-mask rule: one product folder, or band files in order.
+    """The stack's bands and the product's quality-mask rule: one product folder or STAC item, or band files in
+    order.
 
-    A folder is recognised from its file names (``products.recognise``); files give all their bands in order,
+    A folder is recognised from its file names (``products.recognise``), an item from its assets
+    (``stac.item_product``); files give all their bands in order,
     named after the sensor band their file name shows (``*_B02.tif`` -> ``B02``, 490 nm), else after their band
     descriptions or file names; ``bands`` then picks among those names.
     """
-    from pipeline import products
+    from pipeline import products, stac
 
     if not inputs:
         raise InputError("no inputs to stack")
-    folders = [p for p in inputs if not is_dataset_name(p) and Path(p).is_dir()]
+    folders = [p for p in inputs if (not is_dataset_name(p) and Path(p).is_dir()) or stac.is_item_name(p)]
     if folders:
         if len(inputs) > 1:
-            raise InputError(f"{folders[0]}: a product folder is stacked on its own; give one folder or band files")
-        product = products.recognise(folders[0])
+            raise InputError(f"{folders[0]}: a product folder or STAC item is stacked on its own; give one "
+                             "folder, one item or band files")
+        if stac.is_item_name(folders[0]):
+            product = stac.item_product(folders[0])
+        else:
+            product = products.recognise(folders[0])
         chosen = product.select(bands)
         sources = [Source(str(b.path), 1, b.name, b.wavelength) for b in chosen]
         q = product.quality

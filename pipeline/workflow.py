@@ -51,7 +51,8 @@ class Plan:
     #: targets and normal tiles in batches of ``cluster.tiles_per_job``, by sorted name
     batches: list[Batch] = field(default_factory=list)
     normal_batches: list[Batch] = field(default_factory=list)
-    #: product folders and URLs to stack first (tile name -> folder or URL); their tiles are RESULTS/stacks/NAME.vrt
+    #: product folders, STAC items and URLs to stack first (tile name -> folder, item or URL); their tiles are
+    #: RESULTS/stacks/NAME.vrt
     stacks: dict[str, str] = field(default_factory=dict)
 
     def truth_of(self, batch: Batch) -> list[str]:
@@ -100,11 +101,38 @@ def expand_tiles(patterns: Sequence[str], key: str) -> dict[str, str]:
         if not matches:
             raise ConfigError(f"{key}: {pattern!r} matches no file")
         for path in matches:
-            name = tile_name(path)
+            name = _item_name(path, key) or tile_name(path)
             if name in tiles and os.path.realpath(tiles[name]) != os.path.realpath(path):
                 raise ConfigError(f"{key}: two tiles named {name!r} ({tiles[name]} and {path}); "
                                   "tile names (file names without extension) must be unique")
             tiles.setdefault(name, path)
+    return tiles
+
+
+def _item_name(path: str, key: str) -> str | None:
+    """A local STAC item file's tile name: its item id (downloaded items are often all ``item.json``)."""
+    from pipeline.errors import InputError
+    from pipeline.stac import is_item_name, item_id
+
+    if not (is_item_name(path) and os.path.isfile(path)):
+        return None
+    try:
+        return item_id(path)
+    except InputError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _entries(entries: Sequence[Any], key: str, results: str) -> dict[str, str]:
+    """Tile name -> path of a ``normal``/``targets`` list: its globs, files and URLs (``expand_tiles``) and the
+    items of its STAC searches (item files recorded under ``RESULTS/stac``, named by item id)."""
+    from pipeline.stac import resolve
+
+    plain, items = resolve(entries, key, f"{results}/stac")
+    tiles = expand_tiles(plain, key) if plain else {}
+    for name, path in items.items():
+        if name in tiles and os.path.realpath(tiles[name]) != os.path.realpath(path):
+            raise ConfigError(f"{key}: two tiles named {name!r} ({tiles[name]} and the searched item {path})")
+        tiles[name] = path
     return tiles
 
 
@@ -129,10 +157,11 @@ def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dic
     (``RESULTS/stacks/NAME.vrt``), noted in ``stacks`` (name -> folder or name). A URL thus becomes a small local
     file the rules can name as input (Snakemake takes inputs for local paths), and the VRT reads the URL."""
     from pipeline.raster import is_dataset_name
+    from pipeline.stac import is_item_name
 
     out = {}
     for name, path in tiles.items():
-        if os.path.isdir(path) or is_dataset_name(path):
+        if os.path.isdir(path) or is_dataset_name(path) or is_item_name(path):
             if name in stacks and os.path.realpath(stacks[name]) != os.path.realpath(path):
                 raise ConfigError(f"two tiles to stack named {name!r} ({stacks[name]} and {path})")
             stacks[name] = path
@@ -184,8 +213,8 @@ def _tiles(config: dict[str, Any]) -> Plan:
         pattern = str(Path(s["outdir"]) / "truth" / "{tile}.tif")  # where synth.demo_layout puts them
         return Plan(results, config_file, normal, targets, truth, files, config["features"], pattern)
     stacks: dict[str, str] = {}
-    normal = _stacked(expand_tiles(config["normal"], "normal"), results, stacks)
-    targets = _stacked(expand_tiles(config["targets"], "targets"), results, stacks)
+    normal = _stacked(_entries(config["normal"], "normal", results), results, stacks)
+    targets = _stacked(_entries(config["targets"], "targets", results), results, stacks)
     if not normal:
         raise ConfigError("normal: no tiles to train on; list globs of normal tiles")
     if not targets:
