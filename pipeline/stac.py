@@ -83,7 +83,7 @@ def _reason(exc: BaseException) -> str:
     """An exception's message in one line (requests' and urllib3's are long and nested)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "Max retries exceeded" in text and (m := re.search(r"(\[Errno -?\d+\] [^\"')]+|Read timed out)", text)):
-        return f"{m.group(1)}, {RETRIES} retries"
+        return f"{m.group(1)}; tried {RETRIES + 1} times"
     return text[:300]
 
 

@@ -19,6 +19,7 @@ from rasterio.transform import from_origin
 
 from pipeline.cli import cli
 from tests.test_stack import _RangeHandler
+from tests.test_workflow import check_geotiff, job_counts, repo, snakemake  # noqa: F401  (repo: a fixture)
 
 ORIGIN = (600000.0, 5000020.0)
 #: Sentinel-2 L2A assets as Earth Search names them: key -> (band name, common name, um, resolution m)
@@ -334,6 +335,21 @@ def test_bad_stac_inputs_named_in_one_line(served, tmp_path):
                                        f"{tmp_path / 'coastal.tif'}")
 
 
+def test_a_silent_stac_server_ends_in_the_time_out(monkeypatch, tmp_path):
+    """A server that accepts the connection and never answers: the item read ends at the read time-out (here
+    shortened to 1 s, one retry) with one line, not a hang."""
+    import socket
+
+    import pipeline.stac
+
+    monkeypatch.setattr(pipeline.stac, "TIMEOUT", (1.0, 1.0))
+    monkeypatch.setattr(pipeline.stac, "RETRIES", 1)
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # the kernel accepts; nobody answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/item.json"
+        out = run("stack", url, "-o", tmp_path / "x.vrt", code=1).strip()
+    assert out == f"Error: {url}: cannot read the STAC item (Read timed out; tried 2 times)", out
+
+
 # --------------------------------------------------------------------------------------------- searches
 
 
@@ -388,3 +404,28 @@ def test_bad_searches_named_in_one_line(served, tmp_path):
         plan(config(url=f"{base}/api", collections=["nothing"]))
     with pytest.raises(ConfigError, match=r"unknown key 'normal\.0\.stac\.colections'"):
         config(url=f"{base}/api", colections=["x"])
+
+
+def test_a_search_runs_through_the_workflow(served, repo):  # noqa: F811  (the fixture imported above)
+    """Snakemake on a config whose normal tiles are a STAC search and whose target is an item URL: one stack job
+    per item, then the usual steps; the search was asked once."""
+    import yaml
+
+    folder, base, seen = served
+    search = {"url": f"{base}/api", "collections": ["sentinel-2-l2a"], "query": {"eo:cloud_cover": {"lt": 20}}}
+    (repo / "stac.yaml").write_text(yaml.safe_dump({
+        "demo": False, "normal": [{"stac": search}], "targets": [f"{base}/items/s2b.json"],
+        "truth": "none/{tile}.tif", "ingest": {"max_pixels": 1000},
+        "train": {"epochs": 2, "patience": 0, "batch_size": 256, "hidden": [16]}}))
+    before = len(seen)
+    result = snakemake(repo, "-c2", "--configfile", "stac.yaml", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert job_counts(result.stdout)["stack"] == 2
+    assert len([r for r in seen[before:] if "/api/search" in r]) == 1
+    res = repo / "results"
+    assert (res / "stac" / "items" / "S2A_32TQM_20240601_0_L2A.json").is_file()
+    with rasterio.open(res / "stacks" / "S2A_32TQM_20240601_0_L2A.vrt") as ds:
+        assert list(ds.descriptions) == S2_DEFAULT and ds.res == (10, 10)
+    check_geotiff(res / "scores" / "s2b.tif", res / "stacks" / "s2b.vrt", 4, "float32")
+    with rasterio.open(res / "scores" / "s2b.tif") as ds:
+        assert ds.read(1, masked=True).mask.sum() == 100  # SCL's cloud, not scored
