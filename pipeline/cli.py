@@ -763,7 +763,8 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Stack to write: .vrt (references the inputs, no pixels copied) or .tif (a COG).")
 @click.option("--bands", callback=lambda ctx, p, v: [b for b in v.split(",") if b.strip()] if v else None,
-              help="Bands by name, comma-separated, in the order wanted (e.g. B02,B03,B04,B08).  "
+              help="Bands by name, comma-separated, in the order wanted (e.g. B02,B03,B04,B08; a STAC item's "
+                   "asset keys and common names too: red,nir08).  "
                    "[default: the reflective bands in wavelength order]")
 @click.option("--resolution", type=float, help="Pixel size in CRS units.  [default: the finest among the inputs]")
 @click.option("--like", help="Put the stack on this raster's grid, or on a model folder's CRS (at the inputs' "
@@ -779,11 +780,14 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @common
 def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_path: str | None, quiet: bool,
           **opts: Any) -> None:
-    """Put the bands of one scene on one grid: band files at several resolutions, or a product folder.
+    """Put the bands of one scene on one grid: band files at several resolutions, a product folder or a STAC item.
 
     INPUTS are band files (any raster rasterio opens: files, URLs, /vsizip/...; every band of each, in the
     order given) or one product folder: Sentinel-2 L2A (.SAFE, or a folder of *_B02*.jp2|tif files such as a
-    BigEarthNet patch) or Landsat 4-9 Collection 2 (*_SR_B*.TIF or *_B1.TIF ...). A product's quality layer
+    BigEarthNet patch) or Landsat 4-9 Collection 2 (*_SR_B*.TIF or *_B1.TIF ...), or one STAC item (a .json
+    file or URL, or an API's .../items/ID URL: its assets read where they are, remote ones by ranges), or a
+    folder of an item's assets downloaded and named by key (B02.tif or blue.tif ..., scl.tif). A product's
+    quality layer
     (Sentinel-2 SCL: no data, defective, cloud shadow, cloud, cirrus; Landsat QA_PIXEL: fill, dilated cloud,
     cirrus, cloud, cloud shadow) masks pixels unless --no-mask; masked pixels are invalid in every command.
     A .vrt stack writes its mask beside it (SCENE.mask.tif). Band descriptions are the sensor's band names,
@@ -793,6 +797,7 @@ def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_pat
     Examples:
       rsvae stack S2B_MSIL2A_20240601T103629_N0510_R008_T32TQM_20240601T140502.SAFE -o scene.vrt
       rsvae stack LC09_L2SP_193029_20240612_20240613_02_T1/ -o landsat.vrt
+      rsvae stack https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/ITEM_ID -o s2.vrt
       rsvae stack a_B02.tif a_B03.tif a_B04.tif a_B8A.tif -o scene.tif --resolution 20
       rsvae stack other_zone.tif --like work/model -o other_zone_utm32.vrt
     """
