@@ -58,6 +58,8 @@ _COMMON = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05":
            "B12": "swir22"}
 _RASTER_FILE = re.compile(r"^(.+)\.(tif|tiff|jp2)$", re.I)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+#: Extensions of data files (a COG under a folder named items/ is no item; item ids may hold dots: HLS.S30.T32...)
+_DATA_FILE = re.compile(r"\.(tiff?|jp2|vrt|nc|h5|he5|hdf|img|bsq|bil|bip|dat|zip)$", re.I)
 
 
 def is_item_name(name: str | os.PathLike) -> bool:
@@ -66,7 +68,7 @@ def is_item_name(name: str | os.PathLike) -> bool:
     path = re.split(r"[?#]", text, maxsplit=1)[0] if _URL.match(text) else text
     if path.lower().endswith((".json", ".geojson")):
         return True
-    return bool(_URL.match(text)) and "/items/" in path
+    return bool(_URL.match(text) and re.search(r"/items/[^/]+$", path)) and not _DATA_FILE.search(path)
 
 
 def _io() -> Any:

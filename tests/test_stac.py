@@ -222,6 +222,18 @@ def _bands(vrt: Path) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------------------------- items
 
 
+def test_what_names_an_item():
+    from pipeline.stac import is_item_name
+
+    for name in ("item.json", "/d/S2A.geojson", "https://h/items/x.json?sig=1",
+                 "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/S2B_32TQM_20240601_0_L2A",
+                 "https://h/v1/collections/hls/items/HLS.S30.T32TQM.2024153T103031.v2.0"):
+        assert is_item_name(name), name
+    for name in ("scene.tif", "https://h/items/scene.tif", "https://h/collections/x/items", "/d/items/ID",
+                 "https://h/items/a/B02.tif"):
+        assert not is_item_name(name), name
+
+
 def test_earth_search_item_remote(served, tmp_path):
     folder, base, seen = served
     url = f"{base}/items/s2a.json"
@@ -429,3 +441,13 @@ def test_a_search_runs_through_the_workflow(served, repo):  # noqa: F811  (the f
     check_geotiff(res / "scores" / "s2b.tif", res / "stacks" / "s2b.vrt", 4, "float32")
     with rasterio.open(res / "scores" / "s2b.tif") as ds:
         assert ds.read(1, masked=True).mask.sum() == 100  # SCL's cloud, not scored
+
+
+def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    """benchmarks/stac_stack.py runs end to end at a tiny size (no timing asserted)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stac_stack
+
+    assert stac_stack.main(["--size", "120", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "`rsvae stack ITEM_URL` -> VRT (remote COGs)" in out and "remote / local: stack" in out
