@@ -257,10 +257,18 @@ def test_earth_search_item_remote(served, tmp_path):
     # asset keys, band names and common names pick bands, in the order given
     run("stack", url, "--bands", "nir08,B04,swir16,blue", "-o", tmp_path / "pick.vrt")
     assert _bands(tmp_path / "pick.vrt")[0] == ["B8A", "B04", "B11", "B02"]
+    # materialised as a COG: the remote pixels copied, the cloud as nodata
+    run("stack", url, "--bands", "blue,rededge1", "-o", tmp_path / "s2.tif", "-q")
+    with rasterio.open(tmp_path / "s2.tif") as ds, rasterio.open(folder / "s2a" / "blue.tif") as src:
+        data = ds.read(1)
+        assert ds.descriptions == ("B02", "B05") and ds.tags(2)["wavelength"] == "704" and ds.nodata == 0
+        np.testing.assert_array_equal(data[valid], src.read(1)[valid])
+        assert (data[~valid] == 0).all()
 
 
-def test_planetary_computer_item_stac11_trained_and_scored(served, tmp_path):
-    """STAC 1.1 ``bands``, signed hrefs, QA_PIXEL bits; two scenes stacked, one trained on, one scored."""
+def test_planetary_computer_item_stac11_and_items_trained_on_and_scored(served, tmp_path):
+    """STAC 1.1 ``bands``, signed hrefs, QA_PIXEL bits; then two Earth Search items stacked, one trained on, the
+    other scored."""
     folder, base, _ = served
     item = json.loads((folder / "items" / "ls.json").read_text())
     (tmp_path / "ls.json").write_text(json.dumps(item))  # a local item whose assets are remote
