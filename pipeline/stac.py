@@ -15,11 +15,12 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, RsvaeWarning
 from pipeline.products import (
     LANDSAT_QA_BITS,
     OLI_WAVELENGTHS,
@@ -175,24 +176,27 @@ def item_product(source: str | os.PathLike, item: Any = None, local: dict[str, P
     candidates: dict[str, tuple[int, str, Band, dict[str, Any]]] = {}
     quality = None
     skipped = []
+    notes: list[str] = []
     for key, asset in item.assets.items():
         if not _is_raster(asset):
             continue
         fields = _band_fields(asset)
         if key.lower() in QUALITY and len(fields) <= 1:
             href, there = _href(asset, local, key)
+            label, values, bits = QUALITY[key.lower()]
             if there:
-                label, values, bits = QUALITY[key.lower()]
                 quality = MaskRule(href, label, values=values, bits=bits)
+            else:
+                notes.append(f"the quality asset {key!r} names no file ({href}); not masked by {label}")
             continue
         if len(fields) != 1 or fields[0]["wavelength"] is None:
             continue  # multi-band (visual) or not spectral (AOT, WVP, angles)
-        href, there = _href(asset, local, key)
-        if not there:
-            skipped.append((key, href))
-            continue
         info = fields[0]
         name = str(info["name"] or key)
+        href, there = _href(asset, local, key)
+        if not there:
+            skipped.append((key, href, name))
+            continue
         rank = 0 if "tif" in (asset.media_type or "").lower() or not asset.media_type else 1  # COG over JP2
         entry = (rank, key, Band(name, href, info["wavelength"]), {**info, "key": key})
         if name not in candidates or entry[:2] < candidates[name][:2]:
@@ -202,6 +206,15 @@ def item_product(source: str | os.PathLike, item: Any = None, local: dict[str, P
                if skipped else "")
         raise InputError(f"{source}: STAC item {item.id} has no usable band assets (single-band rasters with "
                          f"a centre wavelength in eo:bands or bands){why}")
+    missing: dict[str, str] = {}
+    for key, _, name in skipped:
+        if name not in candidates:
+            missing.setdefault(name, key)  # a band's first asset (blue, not also blue-jp2)
+    if missing:
+        listed = ", ".join(f"{name} ({key})" for name, key in missing.items())
+        notes.append(f"band assets {listed} name no file; left out")
+    for note in notes:  # after the error above: an item with no bands is one line, not warnings and a line
+        warnings.warn(f"{source}: {note}", RsvaeWarning, stacklevel=2)
     bands = {name: entry[2] for name, entry in sorted(candidates.items(), key=lambda kv: kv[1][2].wavelength)}
     aliases: dict[str, str | None] = {}
     for name, (_, key, _, info) in candidates.items():
@@ -286,7 +299,8 @@ def folder_product(folder: str | Path) -> Product | None:
         return None
     aliases = {a: n for a, n in aliases.items() if a != normal_name(n)}
     ordered = dict(sorted(bands.items(), key=lambda kv: kv[1].wavelength))
-    default = tuple(n for n in ordered if common.get(n) in DEFAULT_COMMON)
+    # the sensor's whole default (as products' tables): Product.select takes the ones there are
+    default = tuple(n for n in sorted(wavelengths, key=wavelengths.get) if common.get(n) in DEFAULT_COMMON)
     label, values, bits = QUALITY[quality_key]
     quality = MaskRule(files[quality_key], label, values=values, bits=bits) if quality_key in files else None
     return Product(folder, f"{sensor} (assets by key)", ordered, default, quality, aliases=aliases)

@@ -305,6 +305,18 @@ def test_local_item_and_folders_of_downloaded_assets(served, tmp_path):
         run("stack", folder / "s2a", "-o", tmp_path / "withjson.vrt", "-q")  # the folder, item JSON inside
     finally:
         local.unlink()
+    # an item beside only some of its assets: what is missing is said, not silently dropped
+    part = tmp_path / "part"
+    part.mkdir()
+    for key in ("blue", "green", "red", "nir"):
+        (part / f"{key}.tif").symlink_to(folder / "s2a" / f"{key}.tif")
+    (part / "item.json").write_text(json.dumps(item))
+    out = run("stack", part / "item.json", "-o", tmp_path / "part.vrt")
+    assert f"Warning: {part / 'item.json'}: the quality asset 'scl' names no file ({part / 'scl.tif'}); not " \
+           "masked by SCL" in out
+    assert f"Warning: {part / 'item.json'}: band assets B01 (coastal), B05 (rededge1), B06 (rededge2), " \
+           "B07 (rededge3), B8A (nir08), B09 (nir09), B11 (swir16), B12 (swir22) name no file; left out" in out
+    assert "bands B02, B03, B04, B08 on 60 x 60" in out
     msg = run("stack", folder / "s2a", "-o", tmp_path / "keys.vrt")  # the folder, asset files only
     assert "Sentinel-2 (assets by key) bands " + ", ".join(S2_DEFAULT) in msg and "SCL masked 100" in msg
     with rasterio.open(tmp_path / "remote.vrt") as ds:
