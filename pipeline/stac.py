@@ -262,7 +262,8 @@ def folder_product(folder: str | Path) -> Product | None:
 
     With the item's JSON in the folder, bands, names and wavelengths come from it (read from the local files);
     without, from the key tables of Sentinel-2 (``B02`` or ``blue`` ... with ``scl``/``rededge*``) and Landsat
-    Collection 2 (``blue`` ... with ``qa_pixel``/``lwir*``).
+    Collection 2 (``blue`` ... with ``qa_pixel``/``lwir*``: Landsat 4-7 when the thermal asset is ``lwir``,
+    else 8/9).
     """
     folder = Path(folder)
     files = _key_files(folder)
@@ -279,7 +280,7 @@ def folder_product(folder: str | Path) -> Product | None:
         wavelengths, sensor, quality_key = S2_WAVELENGTHS, "Sentinel-2", "scl"
         common = _COMMON
     elif files.keys() & {"qa_pixel", "lwir11", "lwir", "lwir12"}:
-        oli = bool(files.keys() & {"coastal", "lwir11", "lwir12"})
+        oli = "lwir" not in files  # TM/ETM+'s one thermal key; OLI's are lwir11/12 (8/9: the usual case)
         table, wavelengths = (OLI_KEYS, OLI_WAVELENGTHS) if oli else (TM_KEYS, TM_WAVELENGTHS)
         sensor, quality_key = ("Landsat 8/9" if oli else "Landsat 4-7"), "qa_pixel"
         common = {b: k for k, b in table.items()}
@@ -293,10 +294,12 @@ def folder_product(folder: str | Path) -> Product | None:
             continue
         bands[name] = Band(name, path, wavelengths[name])
         aliases[normal_name(stem)] = name
-        if common.get(name):
-            aliases.setdefault(normal_name(common[name]), name)
     if not bands:
         return None
+    commons = [common[n] for n in bands if common.get(n)]
+    for name in bands:  # common names that name one band only (not Sentinel-2's three rededge bands)
+        if common.get(name) and commons.count(common[name]) == 1:
+            aliases.setdefault(normal_name(common[name]), name)
     aliases = {a: n for a, n in aliases.items() if a != normal_name(n)}
     ordered = dict(sorted(bands.items(), key=lambda kv: kv[1].wavelength))
     # the sensor's whole default (as products' tables): Product.select takes the ones there are

@@ -327,6 +327,10 @@ def test_local_item_and_folders_of_downloaded_assets(served, tmp_path):
             np.testing.assert_array_equal(ds.read(), want)
             np.testing.assert_array_equal(ds.read_masks(1), want_mask)
     assert "vsicurl" not in (tmp_path / "keys.vrt").read_text()
+    run("stack", folder / "s2a", "--bands", "rededge2,nir,B8A", "-o", tmp_path / "pick.vrt", "-q")
+    assert _bands(tmp_path / "pick.vrt")[0] == ["B06", "B08", "B8A"]
+    out = run("stack", folder / "s2a", "--bands", "rededge", "-o", tmp_path / "pick.vrt", code=1)
+    assert "product has no band 'rededge'" in out  # three bands have that common name: none is guessed
     msg = run("stack", folder / "ls", "--bands", "red,nir08", "-o", tmp_path / "ls.vrt")
     assert "Landsat 8/9 (assets by key) bands B4, B5" in msg and "QA_PIXEL masked 16 of 400" in msg
 
