@@ -38,6 +38,8 @@ from pipeline.products import (
 TIMEOUT = (10.0, 30.0)
 #: Retries of a STAC request on connection errors and 429/5xx answers, with exponential back-off.
 RETRIES = 3
+#: Back-off factor of those retries: waits of 0, 2 x, 4 x ... this many seconds.
+BACKOFF = 0.5
 #: Common names of the reflective bands stacked by default (without coastal aerosol, water vapour, cirrus,
 #: panchromatic and thermal bands): Sentinel-2 B02-B08, B8A, B11, B12; Landsat OLI B2-B7; TM/ETM+ B1-B5, B7.
 DEFAULT_COMMON = ("blue", "green", "red", "rededge", "nir", "nir08", "swir16", "swir22")
@@ -77,7 +79,7 @@ def _io() -> Any:
     from pystac_client.stac_api_io import StacApiIO
     from urllib3.util.retry import Retry
 
-    retry = Retry(total=RETRIES, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+    retry = Retry(total=RETRIES, backoff_factor=BACKOFF, status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=None)
     return StacApiIO(timeout=TIMEOUT, max_retries=retry)
 

@@ -335,7 +335,15 @@ def test_local_item_and_folders_of_downloaded_assets(served, tmp_path):
     assert "Landsat 8/9 (assets by key) bands B4, B5" in msg and "QA_PIXEL masked 16 of 400" in msg
 
 
-def test_bad_stac_inputs_named_in_one_line(served, tmp_path):
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """Retries of STAC requests without waits between them (the refused connections below)."""
+    import pipeline.stac
+
+    monkeypatch.setattr(pipeline.stac, "BACKOFF", 0.0)
+
+
+def test_bad_stac_inputs_named_in_one_line(served, tmp_path, no_backoff):
     folder, base, _ = served
 
     def bad(*args, match):
@@ -423,7 +431,7 @@ def test_search_resolved_once_and_recorded(served, tmp_path):
     assert set(plan(changed).normal) == {"S2A_32TQM_20240601_0_L2A", "S2B_32TQM_20240611_0_L2A"}
 
 
-def test_bad_searches_named_in_one_line(served, tmp_path):
+def test_bad_searches_named_in_one_line(served, tmp_path, no_backoff):
     from pipeline.config import validate
     from pipeline.errors import ConfigError
     from pipeline.workflow import plan
