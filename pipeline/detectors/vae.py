@@ -288,33 +288,54 @@ class VAEDetector(Detector):
 
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
                progress: Callable[[dict[str, float]], None] | None) -> tuple[list[dict[str, float]], int, float]:
+        """One training pass of this detector's module: (per-epoch history, best epoch, seconds); the module ends
+        with the weights of its best validation loss."""
+        from pipeline.detectors import vae_step
+
+        m, kind, beta = self.module, s["reconstruction"], float(s["beta"])
+        # the step written out by hand (vae_step: the same loss and gradients without autograd's per-operation
+        # cost) where it covers the model, else autograd
+        by_hand = vae_step.TrainStep(m, kind, beta) if vae_step.supports(m, kind) else None
+        try:
+            return self._epochs(x_train, x_val, s, gen, progress, by_hand)
+        finally:
+            if by_hand is not None:
+                by_hand.release()
+
+    def _epochs(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
+                progress: Callable[[dict[str, float]], None] | None,
+                by_hand: Any) -> tuple[list[dict[str, float]], int, float]:
+        """``_train``'s epochs, with the hand-written step ``by_hand`` (``vae_step.TrainStep``) or autograd."""
         m, kind, beta = self.module, s["reconstruction"], float(s["beta"])
         # fused Adam: one kernel per step for all parameters instead of a dozen small ops per parameter tensor
-        opt = torch.optim.Adam(m.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
-                               **_fused_adam(x_train.device))
+        opt = torch.optim.Adam(m.parameters() if by_hand is None else by_hand.parameters(), lr=s["lr"],
+                               weight_decay=s["weight_decay"], **_fused_adam(x_train.device))
         bs, n = int(s["batch_size"]), x_train.shape[0]
         history: list[dict[str, float]] = []
         best, best_state, best_epoch, stale = math.inf, copy.deepcopy(m.state_dict()), 0, 0
         t0 = time.perf_counter()
         epochs = planned_epochs(x_train.shape[0], s)
-        # one gather per epoch (index_select: 4x faster than x[order] here), into one buffer for all epochs (a new
-        # tensor each epoch cost as much again in fresh pages); the batches are then contiguous
-        shuffled = torch.empty_like(x_train)
+        # each batch gathered from the shuffled order into one reused buffer (index_select: 4x faster than
+        # x[order] here; batch by batch rather than the whole epoch at once: the batch is still in cache for its step)
+        batch = x_train.new_empty((min(bs, n), x_train.shape[1]))
         for epoch in range(1, epochs + 1):
             m.train()
             order = torch.randperm(n, generator=gen).to(x_train.device)
-            torch.index_select(x_train, 0, order, out=shuffled)
             total = torch.zeros((), dtype=torch.float64, device=x_train.device)
             for i in range(0, n, bs):
-                xb = shuffled[i:i + bs]
-                xhat, mu, logvar = m(xb)
-                loss = mean_loss(xb, xhat, mu, logvar, kind, beta)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                idx = order[i:i + bs]
+                xb = torch.index_select(x_train, 0, idx, out=batch[:idx.shape[0]])
+                if by_hand is not None:
+                    loss = by_hand(xb)  # writes every parameter's .grad
+                else:
+                    xhat, mu, logvar = m(xb)
+                    loss = mean_loss(xb, xhat, mu, logvar, kind, beta)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 opt.step()
                 total += loss.detach().double() * xb.shape[0]  # no .item() per step: one sync per epoch on a GPU
             m.eval()
-            val = validation_loss(m, x_val, kind, beta)
+            val = validation_loss(m, x_val, kind, beta) if by_hand is None else by_hand.mean_loss(x_val)
             rec = {"epoch": epoch, "epochs": epochs, "train_loss": float(total) / n, "val_loss": val,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
@@ -328,7 +349,6 @@ class VAEDetector(Detector):
                 stale += 1
                 if s["patience"] and stale >= s["patience"]:
                     break
-        del shuffled
         m.load_state_dict(best_state)
         m.eval()
         return history, best_epoch, time.perf_counter() - t0

@@ -1,0 +1,228 @@
+"""The VAE's training step written out by hand: forward pass, loss and gradients of the MLP in reused buffers.
+
+A training step of the default model (64 -> 128 -> 8 -> 128 -> 64, 1024 pixels) is a few small matrix products;
+through autograd, about half its time went to recording and replaying some 60 operations on small tensors (more
+on CPUs without AVX-512, whose products are slower but whose per-operation cost is the same). Here the forward pass
+keeps what the backward pass needs in buffers allocated once per batch size, and the backward pass is the chain rule
+of ``vae.mean_loss`` written out: the same loss and gradients as autograd within float32 rounding
+(``tests/test_vae.py`` compares them), each weight's gradient written into its ``.grad`` for the optimiser.
+
+For the VAE's MLP (``vae.VAE``) with a Gaussian or MSE reconstruction term; ``supports`` says when it applies
+(other models and the BCE term train through autograd).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.detectors.vae import LOGVAR_RANGE, VAE
+
+#: The reconstruction terms written out here (BCE, with its sigmoid output, trains through autograd).
+KINDS = ("gaussian", "mse")
+
+
+def supports(module: nn.Module, kind: str) -> bool:
+    """Whether ``TrainStep`` computes ``module``'s step: a ``VAE`` whose encoder and decoder are Linear + ReLU
+    pairs (the decoder's last Linear without activation), with a Gaussian or MSE reconstruction term."""
+    if type(module) is not VAE or kind not in KINDS:
+        return False
+    try:
+        _layers(module.encoder, last_relu=True)
+        _layers(module.decoder, last_relu=False)
+    except TypeError:
+        return False
+    return True
+
+
+def _layers(seq: nn.Sequential, last_relu: bool) -> list[nn.Linear]:
+    """The Linear layers of a Sequential that alternates Linear and ReLU (ending in a ReLU when ``last_relu``)."""
+    mods = list(seq)
+    linears = mods[0::2]
+    relus = mods[1::2]
+    if (not all(type(m) is nn.Linear and m.bias is not None for m in linears)
+            or not all(type(m) is nn.ReLU for m in relus)
+            or len(relus) != (len(linears) if last_relu else len(linears) - 1)):
+        raise TypeError("not an alternation of Linear (with bias) and ReLU layers")
+    return linears
+
+
+@dataclass
+class _Buffers:
+    """One batch size's activations and gradients: (n, width) float32, the latent ones (width, n) (contiguous rows
+    for the element-wise maths on mu and the log-variance; column slices of (n, 2 latent) ran 5x slower)."""
+
+    enc: list[torch.Tensor]  # ReLU outputs of the encoder's layers
+    ml: torch.Tensor  # (2 latent, n): mu, then the clamped log-variance
+    std: torch.Tensor  # (latent, n), as the other latent buffers
+    var: torch.Tensor  # exp(log-variance)
+    eps: torch.Tensor  # (n, latent): the noise, drawn in VAE.forward's shape (the same numbers for a seed)
+    z: torch.Tensor
+    dec: list[torch.Tensor]  # ReLU outputs of the decoder's hidden layers
+    out: torch.Tensor  # the reconstruction, then the residual, then its gradient
+    kl: torch.Tensor  # KL terms
+    d_enc: list[torch.Tensor]  # gradients of the encoder's outputs
+    d_ml: torch.Tensor
+    d_dec: list[torch.Tensor]
+    d_z: torch.Tensor
+    tmp: torch.Tensor
+
+
+class TrainStep:
+    """The loss and gradients of one batch for a ``VAE`` (see ``supports``), into its parameters' ``.grad``.
+
+    While it lives, the module's parameters are views of one flat tensor (``flat``) and their gradients views of
+    ``flat.grad``: the optimiser then updates one tensor (fused Adam's step took 4x longer over the model's ten
+    tensors), and mu's and the log-variance's weights lie side by side, one matrix for one product. ``release()``
+    gives the parameters their own memory again (safetensors saves no shared tensors).
+
+    ``step(x)`` draws the reparameterisation noise from torch's global generator exactly as ``VAE.forward`` does
+    (one ``randn`` of the posterior's shape), so a seeded run draws the same noise as through autograd.
+    """
+
+    def __init__(self, module: VAE, kind: str, beta: float):
+        if not supports(module, kind):
+            raise ValueError(f"no hand-written training step for this model and a {kind!r} term")
+        self.module, self.kind, self.beta = module, kind, float(beta)
+        self.encoder = _layers(module.encoder, last_relu=True)
+        self.decoder = _layers(module.decoder, last_relu=False)
+        self.latent = L = module.mu.out_features
+        order = [*(t for m in self.encoder for t in (m.weight, m.bias)), module.mu.weight, module.logvar.weight,
+                 module.mu.bias, module.logvar.bias, *(t for m in self.decoder for t in (m.weight, m.bias))]
+        ref = module.mu.weight
+        self.flat = nn.Parameter(torch.empty(sum(t.numel() for t in order), dtype=ref.dtype, device=ref.device))
+        self.flat.grad = torch.empty_like(self.flat)
+        at = 0
+        with torch.no_grad():
+            for t in order:
+                k = t.numel()
+                self.flat[at:at + k].copy_(t.reshape(-1))
+                t.data = self.flat.data[at:at + k].view_as(t)
+                t.grad = self.flat.grad[at:at + k].view_as(t)
+                at += k
+        # mu's and the log-variance's layers as one: (2 latent, hidden) weights, (2 latent,) biases, and gradients
+        w, b = module.mu.weight, module.mu.bias
+        self.w_ml = self.flat.data[_offset(self.flat, w):][:2 * w.numel()].view(2 * L, -1)
+        self.b_ml = self.flat.data[_offset(self.flat, b):][:2 * L]
+        self.g_w_ml = self.flat.grad[_offset(self.flat, w):][:2 * w.numel()].view(2 * L, -1)
+        self.g_b_ml = self.flat.grad[_offset(self.flat, b):][:2 * L]
+        self._buffers: dict[int, _Buffers] = {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: the one flat tensor behind every parameter."""
+        return [self.flat]
+
+    def release(self) -> None:
+        """The module's parameters in memory of their own again, without gradients (as autograd leaves them after
+        ``zero_grad(set_to_none=True)``); the step is unusable after this."""
+        with torch.no_grad():
+            for t in self.module.parameters():
+                t.data = t.data.clone()
+                t.grad = None
+        self._buffers.clear()
+
+    def mean_loss(self, x: torch.Tensor, chunk: int = 2048) -> float:
+        """``vae.validation_loss`` of ``x``: the mean loss over chunks of ``chunk`` pixels, without gradients."""
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            total += self(xb, backward=False).double() * xb.shape[0]
+        return float(total) / max(x.shape[0], 1)
+
+    def buffers(self, n: int) -> _Buffers:
+        """The buffers for a batch of ``n`` pixels (allocated once per size: the full batches and the last)."""
+        if n not in self._buffers:
+            if len(self._buffers) > 4:  # training's full and last batches, validation's full and last chunks
+                self._buffers.clear()
+            p = self.module.mu.weight
+
+            def empty(width: int) -> torch.Tensor:
+                return torch.empty(n, width, dtype=p.dtype, device=p.device)
+
+            def lat(rows: int) -> torch.Tensor:
+                return torch.empty(rows, n, dtype=p.dtype, device=p.device)
+
+            L = self.latent
+            enc = [empty(m.out_features) for m in self.encoder]
+            dec = [empty(m.out_features) for m in self.decoder[:-1]]
+            self._buffers[n] = _Buffers(
+                enc=enc, ml=lat(2 * L), std=lat(L), var=lat(L), eps=empty(L), z=lat(L), dec=dec,
+                out=empty(self.decoder[-1].out_features), kl=lat(L), d_enc=[torch.empty_like(t) for t in enc],
+                d_ml=lat(2 * L), d_dec=[torch.empty_like(t) for t in dec], d_z=lat(L), tmp=lat(L))
+        return self._buffers[n]
+
+    def __call__(self, x: torch.Tensor, backward: bool = True) -> torch.Tensor:
+        """The mean loss of the batch ``x`` (n, bands) normalised pixels (a 0-d tensor, ``vae.mean_loss``); with
+        ``backward``, every parameter's ``.grad`` then holds its gradient."""
+        L, beta = self.latent, self.beta
+        n = x.shape[0]
+        v = self.buffers(n)
+        with torch.no_grad():
+            # ---- forward
+            h = x
+            for layer, out in zip(self.encoder, v.enc, strict=True):
+                h = torch.addmm(layer.bias, h, layer.weight.T, out=out).relu_()
+            torch.addmm(self.b_ml[:, None], self.w_ml, h.T, out=v.ml)  # (2 latent, n)
+            mu, logvar = v.ml[:L], v.ml[L:]
+            logvar.clamp_(*LOGVAR_RANGE)
+            torch.exp(torch.mul(logvar, 0.5, out=v.std), out=v.std)
+            torch.randn(v.eps.shape, out=v.eps)
+            z = torch.addcmul(mu, v.eps.T, v.std, out=v.z)  # (latent, n)
+            g = z.T
+            for layer, out in zip(self.decoder[:-1], v.dec, strict=True):
+                g = torch.addmm(layer.bias, g, layer.weight.T, out=out).relu_()
+            last = self.decoder[-1]
+            r = torch.addmm(last.bias, g, last.weight.T, out=v.out).sub_(x)  # the residual xhat - x
+            # ---- loss: reconstruction + beta * KL, as vae.mean_loss
+            flat = r.view(-1)
+            sq = torch.dot(flat, flat)
+            rec_scale = 0.5 / n if self.kind == "gaussian" else 1.0 / r.numel()
+            torch.exp(logvar, out=v.var)
+            torch.sub(v.var, logvar, out=v.kl).addcmul_(mu, mu)
+            # rec_scale * |r|² + beta * (0.5 / n * sum(kl terms) - L / 2), in three operations
+            loss = torch.add(sq, v.kl.sum(), alpha=0.5 * beta / n / rec_scale).mul_(rec_scale).sub_(0.5 * beta * L)
+            if not backward:
+                return loss
+            # ---- backward
+            grad = r.mul_(2.0 * rec_scale)  # d loss / d xhat
+            layers = self.decoder
+            for i in range(len(layers) - 1, 0, -1):
+                layer, a = layers[i], v.dec[i - 1]
+                torch.mm(grad.T, a, out=layer.weight.grad)
+                torch.sum(grad, 0, out=layer.bias.grad)
+                grad = _relu_backward(torch.mm(grad, layer.weight, out=v.d_dec[i - 1]), a)
+            first = layers[0]
+            torch.mm(grad.T, z.T, out=first.weight.grad)
+            torch.sum(grad, 0, out=first.bias.grad)
+            d_z = torch.mm(first.weight.T, grad.T, out=v.d_z)  # (latent, n)
+            # z = mu + eps * std; std = exp(logvar / 2); KL = 0.5 * sum(mu² + exp(logvar) - logvar) / n - L / 2
+            d_mu, d_logvar = v.d_ml[:L], v.d_ml[L:]
+            torch.add(d_z, mu, alpha=beta / n, out=d_mu)
+            torch.mul(d_z, v.eps.T, out=v.tmp).mul_(v.std).mul_(0.5)
+            torch.sub(v.var, 1.0, out=d_logvar).mul_(0.5 * beta / n).add_(v.tmp)
+            # zero where the clamp held the log-variance at a bound (the clamped value equals it: hardtanh's
+            # backward; autograd's clamp would pass a value exactly at a bound, a case of measure zero)
+            torch.ops.aten.hardtanh_backward.grad_input(d_logvar, logvar, *LOGVAR_RANGE, grad_input=d_logvar)
+            torch.mm(v.d_ml, v.enc[-1], out=self.g_w_ml)
+            torch.sum(v.d_ml, 1, out=self.g_b_ml)
+            grad = v.d_ml.T
+            weights = [*[layer.weight for layer in self.encoder[1:]], self.w_ml]
+            for i in range(len(self.encoder) - 1, -1, -1):
+                # the gradient of encoder layer i's output, then of its weights
+                grad = _relu_backward(torch.mm(grad, weights[i], out=v.d_enc[i]), v.enc[i])
+                layer = self.encoder[i]
+                torch.mm(grad.T, x if i == 0 else v.enc[i - 1], out=layer.weight.grad)
+                torch.sum(grad, 0, out=layer.bias.grad)
+        return loss
+
+
+def _offset(flat: torch.Tensor, t: torch.Tensor) -> int:
+    """Where the view ``t`` starts in ``flat``, in elements."""
+    return t.storage_offset() - flat.storage_offset()
+
+
+def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``grad`` zeroed where the ReLU's output ``out`` is 0, in place (as autograd's ReLU backward)."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)
