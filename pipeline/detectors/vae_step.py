@@ -147,10 +147,13 @@ class TrainStep:
             L = self.latent
             enc = [empty(m.out_features) for m in self.encoder]
             dec = [empty(m.out_features) for m in self.decoder[:-1]]
+            d_dec = [torch.empty_like(t) for t in dec]
             self._buffers[n] = _Buffers(
                 enc=enc, ml=lat(2 * L), std=lat(L), var=lat(L), eps=empty(L), z=lat(L), dec=dec,
-                out=empty(self.decoder[-1].out_features), kl=lat(L), d_enc=[torch.empty_like(t) for t in enc],
-                d_ml=lat(2 * L), d_dec=[torch.empty_like(t) for t in dec], d_z=lat(L), tmp=lat(L))
+                out=empty(self.decoder[-1].out_features), kl=lat(L),
+                # the decoder's hidden widths mirror the encoder's: the encoder's gradients reuse the decoder's
+                # buffers (done with by then), a smaller working set
+                d_enc=d_dec[::-1], d_ml=lat(2 * L), d_dec=d_dec, d_z=lat(L), tmp=lat(L))
         return self._buffers[n]
 
     def __call__(self, x: torch.Tensor, backward: bool = True) -> torch.Tensor:
