@@ -27,7 +27,7 @@ def _autograd(m: VAE, x: torch.Tensor, kind: str, beta: float, seed: int) -> tup
 
 
 @pytest.mark.parametrize(("hidden", "latent", "kind", "beta"), [
-    ([128], 8, "gaussian", 1.0), ([12, 7], 3, "mse", 0.5), ([5], 2, "gaussian", 0.0)])
+    ([128], 8, "gaussian", 1.0), ([12, 7], 3, "mse", 0.5), ([12, 9, 5], 3, "gaussian", 2.0), ([5], 2, "gaussian", 0.0)])
 def test_loss_and_gradients_equal_autograds(hidden, latent, kind, beta):
     torch.manual_seed(0)
     m = VAE(16, hidden, latent)

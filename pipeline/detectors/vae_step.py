@@ -52,15 +52,17 @@ def _layers(seq: nn.Sequential, last_relu: bool) -> list[nn.Linear]:
 @dataclass
 class _Buffers:
     """One batch size's activations and gradients: (n, width) float32, the latent ones (width, n) (contiguous rows
-    for the element-wise maths on mu and the log-variance; column slices of (n, 2 latent) ran 5x slower)."""
+    for the element-wise maths on mu and the log-variance; column slices of (n, 2 latent) ran 5x slower). The
+    activations that feed a layer carry a column (latent: a row) of ones, which multiplies the bias column of
+    that layer's [W | b] block: no bias broadcast before each product, no column sums for the bias gradients."""
 
-    enc: list[torch.Tensor]  # ReLU outputs of the encoder's layers
+    enc: list[torch.Tensor]  # ReLU outputs of the encoder's layers, (n, width + 1) with the ones
     ml: torch.Tensor  # (2 latent, n): mu, then the clamped log-variance
     std: torch.Tensor  # (latent, n), as the other latent buffers
     var: torch.Tensor  # exp(log-variance)
     eps: torch.Tensor  # (n, latent): the noise, drawn in VAE.forward's shape (the same numbers for a seed)
-    z: torch.Tensor
-    dec: list[torch.Tensor]  # ReLU outputs of the decoder's hidden layers
+    z: torch.Tensor  # (latent + 1, n) with the ones
+    dec: list[torch.Tensor]  # ReLU outputs of the decoder's hidden layers, (n, width + 1) with the ones
     out: torch.Tensor  # the reconstruction, then the residual, then its gradient
     kl: torch.Tensor  # KL terms
     d_enc: list[torch.Tensor]  # gradients of the encoder's outputs
@@ -75,8 +77,10 @@ class TrainStep:
 
     While it lives, the module's parameters are views of one flat tensor (``flat``) and their gradients views of
     ``flat.grad``: the optimiser then updates one tensor (fused Adam's step took 4x longer over the model's ten
-    tensors), and mu's and the log-variance's weights lie side by side, one matrix for one product. ``release()``
-    gives the parameters their own memory again (safetensors saves no shared tensors).
+    tensors). In it each layer is one [W | b] block (out, in + 1), mu's and the log-variance's layers one block
+    together, so that a layer's product takes its bias along (``_Buffers``) and one product gives a layer's weight
+    and bias gradients. ``release()`` gives the parameters their own memory again (safetensors saves no shared
+    tensors).
 
     ``step(x)`` draws the reparameterisation noise from torch's global generator exactly as ``VAE.forward`` does
     (one ``randn`` of the posterior's shape), so a seeded run draws the same noise as through autograd.
@@ -89,25 +93,29 @@ class TrainStep:
         self.encoder = _layers(module.encoder, last_relu=True)
         self.decoder = _layers(module.decoder, last_relu=False)
         self.latent = L = module.mu.out_features
-        order = [*(t for m in self.encoder for t in (m.weight, m.bias)), module.mu.weight, module.logvar.weight,
-                 module.mu.bias, module.logvar.bias, *(t for m in self.decoder for t in (m.weight, m.bias))]
+        groups = [*([m] for m in self.encoder), [module.mu, module.logvar], *([m] for m in self.decoder)]
+        shapes = [(sum(m.out_features for m in g), g[0].in_features + 1) for g in groups]
         ref = module.mu.weight
-        self.flat = nn.Parameter(torch.empty(sum(t.numel() for t in order), dtype=ref.dtype, device=ref.device))
+        self.flat = nn.Parameter(torch.empty(sum(a * b for a, b in shapes), dtype=ref.dtype, device=ref.device))
         self.flat.grad = torch.empty_like(self.flat)
+        self.blocks: list[torch.Tensor] = []  # [W | b] per layer (mu and log-variance: one), views of flat
+        self.grads: list[torch.Tensor] = []  # the same of flat.grad
         at = 0
         with torch.no_grad():
-            for t in order:
-                k = t.numel()
-                self.flat[at:at + k].copy_(t.reshape(-1))
-                t.data = self.flat.data[at:at + k].view_as(t)
-                t.grad = self.flat.grad[at:at + k].view_as(t)
-                at += k
-        # mu's and the log-variance's layers as one: (2 latent, hidden) weights, (2 latent,) biases, and gradients
-        w, b = module.mu.weight, module.mu.bias
-        self.w_ml = self.flat.data[_offset(self.flat, w):][:2 * w.numel()].view(2 * L, -1)
-        self.b_ml = self.flat.data[_offset(self.flat, b):][:2 * L]
-        self.g_w_ml = self.flat.grad[_offset(self.flat, w):][:2 * w.numel()].view(2 * L, -1)
-        self.g_b_ml = self.flat.grad[_offset(self.flat, b):][:2 * L]
+            for g, (rows, cols) in zip(groups, shapes, strict=True):
+                block = self.flat.data[at:at + rows * cols].view(rows, cols)
+                grad = self.flat.grad[at:at + rows * cols].view(rows, cols)
+                r = 0
+                for m in g:
+                    k = m.out_features
+                    block[r:r + k, :-1].copy_(m.weight)
+                    block[r:r + k, -1].copy_(m.bias)
+                    m.weight.data, m.bias.data = block[r:r + k, :-1], block[r:r + k, -1]
+                    m.weight.grad, m.bias.grad = grad[r:r + k, :-1], grad[r:r + k, -1]
+                    r += k
+                self.blocks.append(block)
+                self.grads.append(grad)
+                at += rows * cols
         self._buffers: dict[int, _Buffers] = {}
 
     def parameters(self) -> list[nn.Parameter]:
@@ -115,11 +123,11 @@ class TrainStep:
         return [self.flat]
 
     def release(self) -> None:
-        """The module's parameters in memory of their own again, without gradients (as autograd leaves them after
-        ``zero_grad(set_to_none=True)``); the step is unusable after this."""
+        """The module's parameters in memory of their own again (contiguous), without gradients (as autograd
+        leaves them after ``zero_grad(set_to_none=True)``); the step is unusable after this."""
         with torch.no_grad():
             for t in self.module.parameters():
-                t.data = t.data.clone()
+                t.data = t.data.contiguous().clone()
                 t.grad = None
         self._buffers.clear()
 
@@ -136,7 +144,7 @@ class TrainStep:
         if n not in self._buffers:
             if len(self._buffers) > 4:  # training's full and last batches, validation's full and last chunks
                 self._buffers.clear()
-            p = self.module.mu.weight
+            p = self.flat
 
             def empty(width: int) -> torch.Tensor:
                 return torch.empty(n, width, dtype=p.dtype, device=p.device)
@@ -144,12 +152,18 @@ class TrainStep:
             def lat(rows: int) -> torch.Tensor:
                 return torch.empty(rows, n, dtype=p.dtype, device=p.device)
 
+            def with_ones(t: torch.Tensor) -> torch.Tensor:
+                t[..., -1].fill_(1.0)
+                return t
+
             L = self.latent
-            enc = [empty(m.out_features) for m in self.encoder]
-            dec = [empty(m.out_features) for m in self.decoder[:-1]]
-            d_dec = [torch.empty_like(t) for t in dec]
+            enc = [with_ones(empty(m.out_features + 1)) for m in self.encoder]
+            dec = [with_ones(empty(m.out_features + 1)) for m in self.decoder[:-1]]
+            d_dec = [empty(m.out_features) for m in self.decoder[:-1]]
+            z = lat(L + 1)
+            z[-1].fill_(1.0)
             self._buffers[n] = _Buffers(
-                enc=enc, ml=lat(2 * L), std=lat(L), var=lat(L), eps=empty(L), z=lat(L), dec=dec,
+                enc=enc, ml=lat(2 * L), std=lat(L), var=lat(L), eps=empty(L), z=z, dec=dec,
                 out=empty(self.decoder[-1].out_features), kl=lat(L),
                 # the decoder's hidden widths mirror the encoder's: the encoder's gradients reuse the decoder's
                 # buffers (done with by then), a smaller working set
@@ -162,22 +176,27 @@ class TrainStep:
         L, beta = self.latent, self.beta
         n = x.shape[0]
         v = self.buffers(n)
+        E = len(self.encoder)
+        enc_blocks, ml_block, dec_blocks = self.blocks[:E], self.blocks[E], self.blocks[E + 1:]
         with torch.no_grad():
-            # ---- forward
-            h = x
-            for layer, out in zip(self.encoder, v.enc, strict=True):
-                h = torch.addmm(layer.bias, h, layer.weight.T, out=out).relu_()
-            torch.addmm(self.b_ml[:, None], self.w_ml, h.T, out=v.ml)  # (2 latent, n)
+            # ---- forward ([W | b] blocks times activations with their ones: the bias comes with the product)
+            first = enc_blocks[0]
+            torch.addmm(first[:, -1], x, first[:, :-1].T, out=v.enc[0][:, :-1])
+            v.enc[0].relu_()  # the ones stay ones
+            for block, a, out in zip(enc_blocks[1:], v.enc, v.enc[1:], strict=False):
+                torch.mm(a, block.T, out=out[:, :-1])
+                out.relu_()
+            torch.mm(ml_block, v.enc[-1].T, out=v.ml)  # (2 latent, n)
             mu, logvar = v.ml[:L], v.ml[L:]
             logvar.clamp_(*LOGVAR_RANGE)
             torch.exp(torch.mul(logvar, 0.5, out=v.std), out=v.std)
             torch.randn(v.eps.shape, out=v.eps)
-            z = torch.addcmul(mu, v.eps.T, v.std, out=v.z)  # (latent, n)
-            g = z.T
-            for layer, out in zip(self.decoder[:-1], v.dec, strict=True):
-                g = torch.addmm(layer.bias, g, layer.weight.T, out=out).relu_()
-            last = self.decoder[-1]
-            r = torch.addmm(last.bias, g, last.weight.T, out=v.out).sub_(x)  # the residual xhat - x
+            z = torch.addcmul(mu, v.eps.T, v.std, out=v.z[:L])  # (latent, n)
+            a = v.z.T
+            for block, out in zip(dec_blocks[:-1], v.dec, strict=True):
+                torch.mm(a, block.T, out=out[:, :-1])
+                a = out.relu_()
+            r = torch.mm(a, dec_blocks[-1].T, out=v.out).sub_(x)  # the residual xhat - x
             # ---- loss: reconstruction + beta * KL, as vae.mean_loss
             flat = r.view(-1)
             sq = torch.dot(flat, flat)
@@ -188,18 +207,15 @@ class TrainStep:
             loss = torch.add(sq, v.kl.sum(), alpha=0.5 * beta / n / rec_scale).mul_(rec_scale).sub_(0.5 * beta * L)
             if not backward:
                 return loss
-            # ---- backward
+            # ---- backward: a block's gradient is grad^T [a | 1], the weight and bias gradients in one product
             grad = r.mul_(2.0 * rec_scale)  # d loss / d xhat
-            layers = self.decoder
-            for i in range(len(layers) - 1, 0, -1):
-                layer, a = layers[i], v.dec[i - 1]
-                torch.mm(grad.T, a, out=layer.weight.grad)
-                torch.sum(grad, 0, out=layer.bias.grad)
-                grad = _relu_backward(torch.mm(grad, layer.weight, out=v.d_dec[i - 1]), a)
-            first = layers[0]
-            torch.mm(grad.T, z.T, out=first.weight.grad)
-            torch.sum(grad, 0, out=first.bias.grad)
-            d_z = torch.mm(first.weight.T, grad.T, out=v.d_z)  # (latent, n)
+            dec_grads = self.grads[E + 1:]
+            for i in range(len(dec_blocks) - 1, 0, -1):
+                a = v.dec[i - 1]
+                torch.mm(grad.T, a, out=dec_grads[i])
+                grad = _relu_backward(torch.mm(grad, dec_blocks[i][:, :-1], out=v.d_dec[i - 1]), a[:, :-1])
+            torch.mm(grad.T, v.z.T, out=dec_grads[0])
+            d_z = torch.mm(dec_blocks[0][:, :-1].T, grad.T, out=v.d_z)  # (latent, n)
             # z = mu + eps * std; std = exp(logvar / 2); KL = 0.5 * sum(mu² + exp(logvar) - logvar) / n - L / 2
             d_mu, d_logvar = v.d_ml[:L], v.d_ml[L:]
             torch.add(d_z, mu, alpha=beta / n, out=d_mu)
@@ -208,16 +224,16 @@ class TrainStep:
             # zero where the clamp held the log-variance at a bound (the clamped value equals it: hardtanh's
             # backward; autograd's clamp would pass a value exactly at a bound, a case of measure zero)
             torch.ops.aten.hardtanh_backward.grad_input(d_logvar, logvar, *LOGVAR_RANGE, grad_input=d_logvar)
-            torch.mm(v.d_ml, v.enc[-1], out=self.g_w_ml)
-            torch.sum(v.d_ml, 1, out=self.g_b_ml)
-            grad = v.d_ml.T
-            weights = [*[layer.weight for layer in self.encoder[1:]], self.w_ml]
-            for i in range(len(self.encoder) - 1, -1, -1):
-                # the gradient of encoder layer i's output, then of its weights
-                grad = _relu_backward(torch.mm(grad, weights[i], out=v.d_enc[i]), v.enc[i])
-                layer = self.encoder[i]
-                torch.mm(grad.T, x if i == 0 else v.enc[i - 1], out=layer.weight.grad)
-                torch.sum(grad, 0, out=layer.bias.grad)
+            torch.mm(v.d_ml, v.enc[-1], out=self.grads[E])
+            grad, weights = v.d_ml.T, [*(b[:, :-1] for b in enc_blocks[1:]), ml_block[:, :-1]]
+            for i in range(E - 1, -1, -1):
+                # the gradient of encoder layer i's output, then of its block
+                grad = _relu_backward(torch.mm(grad, weights[i], out=v.d_enc[i]), v.enc[i][:, :-1])
+                if i:
+                    torch.mm(grad.T, v.enc[i - 1], out=self.grads[i])
+            g0 = self.grads[0]  # the first layer's input (the batch) has no ones: weight and bias apart
+            torch.mm(grad.T, x, out=g0[:, :-1])
+            torch.sum(grad, 0, out=g0[:, -1])
         return loss
 
 
