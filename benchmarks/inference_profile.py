@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa import ISAS, check, with_isa  # noqa: E402 - the benchmarks' folder, after the path above
+from isa import ISAS, rerun_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
 
 PIXELS = 65_536  # one 256 x 256 block
 
@@ -225,19 +224,6 @@ def _compiled(plan) -> Callable:
     return call
 
 
-def _without_isa(argv: list[str]) -> list[str]:
-    """``argv`` without its ``--isa`` option."""
-    out, skip = [], False
-    for v in argv:
-        if skip:
-            skip = False
-        elif v == "--isa":
-            skip = True
-        elif not v.startswith("--isa="):
-            out.append(v)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bands", default="64,224", help="band counts, comma-separated (default 64,224)")
@@ -250,13 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     isas = [i.strip() for i in a.isa.split(",") if i.strip()]
     if not isas or set(isas) - set(ISAS):
         p.error(f"--isa: choose from {', '.join(ISAS)}")
-    if isas != ["native"] and "RSVAE_BENCH_ISA" not in os.environ:  # one child process per ISA, in its environment
-        rest = _without_isa(list(argv if argv is not None else sys.argv[1:]))
-        rc = 0
-        for isa in isas:
-            print(f"\n### ISA {check(isa)}", flush=True)
-            env = dict(with_isa(isa), RSVAE_BENCH_ISA=isa)
-            rc |= subprocess.run([sys.executable, __file__, *rest, "--isa", isa], env=env).returncode
+    rc = rerun_per_isa(__file__, list(argv if argv is not None else sys.argv[1:]), isas)
+    if rc is not None:
         return rc
     import torch
 

@@ -78,6 +78,33 @@ def check(isa: str) -> str:
     return line
 
 
+def without_isa(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--isa`` option."""
+    out, skip = [], False
+    for v in argv:
+        if skip:
+            skip = False
+        elif v == "--isa":
+            skip = True
+        elif not v.startswith("--isa="):
+            out.append(v)
+    return out
+
+
+def rerun_per_isa(script: str, argv: list[str], isas: list[str]) -> int | None:
+    """Run ``script`` again in a new process per ISA of ``isas``, in its environment, with ``argv`` and that one
+    ISA, each after a heading line; None when this process is already the run to make (only native asked for, or
+    a child started here)."""
+    if isas == ["native"] or "RSVAE_BENCH_ISA" in os.environ:
+        return None
+    rc = 0
+    for isa in isas:
+        print(f"\n### ISA {check(isa)}", flush=True)
+        env = dict(with_isa(isa), RSVAE_BENCH_ISA=isa)
+        rc |= subprocess.run([sys.executable, script, *without_isa(argv), "--isa", isa], env=env).returncode
+    return rc
+
+
 if __name__ == "__main__":
     for name in ISAS:
         print(check(name))

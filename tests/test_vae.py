@@ -216,8 +216,11 @@ def test_path_picked_per_cpu_is_measured_once_and_kept_unless_clearly_slower(mod
         if picked == "exact":  # the choice is what runs
             from pipeline.detectors.vae_inference import ChunkScorer
 
-            calls = []
-            monkeypatch.setattr(ChunkScorer, "__call__", lambda self, *a: calls.append(1))
+            calls: list[int] = []
+
+            def count(self, *a, calls=calls):
+                calls.append(1)
+            monkeypatch.setattr(ChunkScorer, "__call__", count)
             det.score(x)
             assert calls
             monkeypatch.undo()

@@ -92,7 +92,7 @@ class TrainStep:
         self.module, self.kind, self.beta = module, kind, float(beta)
         self.encoder = _layers(module.encoder, last_relu=True)
         self.decoder = _layers(module.decoder, last_relu=False)
-        self.latent = L = module.mu.out_features
+        self.latent = module.mu.out_features
         groups = [*([m] for m in self.encoder), [module.mu, module.logvar], *([m] for m in self.decoder)]
         shapes = [(sum(m.out_features for m in g), g[0].in_features + 1) for g in groups]
         ref = module.mu.weight
@@ -191,7 +191,7 @@ class TrainStep:
             logvar.clamp_(*LOGVAR_RANGE)
             torch.exp(torch.mul(logvar, 0.5, out=v.std), out=v.std)
             torch.randn(v.eps.shape, out=v.eps)
-            z = torch.addcmul(mu, v.eps.T, v.std, out=v.z[:L])  # (latent, n)
+            torch.addcmul(mu, v.eps.T, v.std, out=v.z[:L])  # z (latent, n), above its row of ones
             a = v.z.T
             for block, out in zip(dec_blocks[:-1], v.dec, strict=True):
                 torch.mm(a, block.T, out=out[:, :-1])
