@@ -135,7 +135,7 @@ def breakdown_folded(det, x: np.ndarray) -> dict[str, float]:
         "mu, ones, logvar: one product": lambda: torch.mm(p.ml, v.hidden[0], out=v.ml),
         "decoder hidden, ReLU": lambda: torch.mm(p.decoder[0], v.mu1, out=v.hidden[0]).relu_(),
         "decoder output: residual in place": lambda: v.residual.addmm_(p.output, v.hidden[0], alpha=-1.0),
-        "whitening: k x B product, square": lambda: torch.mm(p.whiten, v.residual, out=v.squares).square_(),
+        "whitening: triangular factor in row blocks, square": lambda: p.whiten_into(v.residual, v.squares).square_(),
         "KL terms + the 3 sums in one product": lambda: (
             torch.exp(v.logvar, out=v.kl).sub_(v.logvar).addcmul_(v.mu, v.mu), torch.mm(p.sums, v.z, out=out)),
     }
