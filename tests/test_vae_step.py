@@ -92,7 +92,7 @@ def test_parameters_are_one_tensor_until_released():
 def test_supports_the_vae_mlp_only():
     assert supports(VAE(8, [16], 3), "gaussian") and supports(VAE(8, [16, 4], 3), "mse")
     assert not supports(VAE(8, [16], 3, sigmoid_output=True), "bce")
-    assert not supports(VAE(8, [16], 3), "bce")
+    assert not supports(VAE(8, [16], 3), "bce") and not supports(VAE(8, [], 3), "gaussian")
     wider = VAE(8, [16], 3)
     wider.encoder.append(torch.nn.Dropout())
     assert not supports(wider, "gaussian")

@@ -5,7 +5,7 @@ through autograd, about half its time went to recording and replaying some 60 op
 on CPUs without AVX-512, whose products are slower but whose per-operation cost is the same). Here the forward pass
 keeps what the backward pass needs in buffers allocated once per batch size, and the backward pass is the chain rule
 of ``vae.mean_loss`` written out: the same loss and gradients as autograd within float32 rounding
-(``tests/test_vae.py`` compares them), each weight's gradient written into its ``.grad`` for the optimiser.
+(``tests/test_vae_step.py`` compares them), each weight's gradient written into its ``.grad`` for the optimiser.
 
 For the VAE's MLP (``vae.VAE``) with a Gaussian or MSE reconstruction term; ``supports`` says when it applies
 (other models and the BCE term train through autograd).
@@ -30,11 +30,11 @@ def supports(module: nn.Module, kind: str) -> bool:
     if type(module) is not VAE or kind not in KINDS:
         return False
     try:
-        _layers(module.encoder, last_relu=True)
+        hidden = _layers(module.encoder, last_relu=True)
         _layers(module.decoder, last_relu=False)
     except TypeError:
         return False
-    return True
+    return bool(hidden)  # at least one hidden layer (the schema's minimum)
 
 
 def _layers(seq: nn.Sequential, last_relu: bool) -> list[nn.Linear]:
