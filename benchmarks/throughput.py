@@ -28,6 +28,7 @@ ratios within one run are what count.
     python benchmarks/throughput.py                 # 4096 x 4096 x 64 (4 GiB uncompressed, 2.8 GiB on disk)
     python benchmarks/throughput.py --size 512      # seconds
     python benchmarks/throughput.py --sentinel2     # only the Sentinel-2-like case: stacked VRT vs stacked GeoTIFF
+    python benchmarks/throughput.py --isa native,avx2   # a table each: this CPU, and held to AVX2 (benchmarks/isa.py)
 
 ``--sentinel2`` builds a Sentinel-2-like product folder instead (one uint16 deflate GeoTIFF per band: four bands at
 10 m, SIZE x SIZE, five at 20 m and one at 60 m), stacks its 10 bands with ``rsvae stack`` once as a VRT (no pixels
