@@ -110,7 +110,7 @@ def score_raster(
     rarity = rarity_of(detector)
     names = list(detector.outputs) + (["rarity"] if rarity[0] else [])
     choose = getattr(detector, "scoring_path", None)  # detectors with more than one scoring path (the VAE)
-    if fast is False or (fast is not None and choose is not None):  # others never hear of --fast
+    if fast is False or (fast is not None and choose is not None):  # --exact as before; --fast where it means a path
         options["fast"] = fast
     with open_raster(tile) as ds:
         info = info_of(ds)
