@@ -126,7 +126,7 @@ def calibration(fprs: tuple[float, ...], epochs: int) -> list[tuple[float, float
         with rasterio.open(demo.normal[2]) as ds:
             x = ds.read()
         pixels = np.ascontiguousarray(x[:, (x != ds.nodata).all(0)])
-    prev, new = det.score_bands(pixels, fast=False)["score"], det.score_bands(pixels)["score"]
+    prev, new = det.score_bands(pixels, fast=False)["score"], det.score_bands(pixels, fast=True)["score"]
     return [(f, float((prev > det.threshold(f)).mean()), float((new > det.threshold(f)).mean())) for f in fprs]
 
 
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         det = fit(bands_major, a.epochs)
         ref = det.score_tensor(torch.from_numpy(det.normalise(bands_major.T)))["score"]
         prev = det.score_bands(bands_major, fast=False)["score"]  # the raster's own dtype and layout
-        new = det.score_bands(bands_major)["score"]
-        rows = det.score(np.ascontiguousarray(bands_major.T))["score"]  # pixel rows, as decoded tiles come
+        new = det.score_bands(bands_major, fast=True)["score"]
+        rows = det.score(np.ascontiguousarray(bands_major.T), fast=True)["score"]  # pixel rows, as decoded tiles come
         auc = {k: roc_auc_score(truth, v) for k, v in (("ref", ref), ("prev", prev), ("new", new), ("rows", rows))}
         rel = float(np.max(np.abs(np.stack([new, rows]) - ref) / np.maximum(np.abs(ref), 1e-6)))
         worst = max(worst, abs(auc["new"] - auc["ref"]), abs(auc["new"] - auc["prev"]), abs(auc["rows"] - auc["ref"]))

@@ -15,11 +15,13 @@ Detection quality of the levers is ``benchmarks/fast_path_auc.py --levers``'s jo
 
     python benchmarks/inference_profile.py                  # 64 and 224 bands
     python benchmarks/inference_profile.py --bands 64,128,224 --repeat 7
+    python benchmarks/inference_profile.py --isa native,avx2 # also as on a CPU without AVX-512 (benchmarks/isa.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa import ISAS, rerun_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
 
 PIXELS = 65_536  # one 256 x 256 block
 
@@ -46,8 +50,8 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16() -> bool:
-    """Whether the CPU multiplies bfloat16 natively (AMX or AVX512-BF16)."""
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    """Whether the CPU multiplies bfloat16 natively (AMX or AVX512-BF16) and oneDNN may use it (not under --isa avx2)."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"}) and "ONEDNN_MAX_CPU_ISA" not in os.environ
 
 
 def random_detector(bands: int, hidden: int = 128, latent: int = 8, seed: int = 0):
@@ -131,7 +135,7 @@ def breakdown_folded(det, x: np.ndarray) -> dict[str, float]:
         "mu, ones, logvar: one product": lambda: torch.mm(p.ml, v.hidden[0], out=v.ml),
         "decoder hidden, ReLU": lambda: torch.mm(p.decoder[0], v.mu1, out=v.hidden[0]).relu_(),
         "decoder output: residual in place": lambda: v.residual.addmm_(p.output, v.hidden[0], alpha=-1.0),
-        "whitening: k x B product, square": lambda: torch.mm(p.whiten, v.residual, out=v.squares).square_(),
+        "whitening: triangular factor in row blocks, square": lambda: p.whiten_into(v.residual, v.squares).square_(),
         "KL terms + the 3 sums in one product": lambda: (
             torch.exp(v.logvar, out=v.kl).sub_(v.logvar).addcmul_(v.mu, v.mu), torch.mm(p.sums, v.z, out=out)),
     }
@@ -225,12 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bands", default="64,224", help="band counts, comma-separated (default 64,224)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved rounds of the levers; the fastest counts")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for ~10-60 s)")
+    p.add_argument("--isa", default="native",
+                   help="instruction sets to run under, comma-separated, each in a new process: native and/or avx2 "
+                        "(torch, MKL, oneDNN, numpy held to AVX2: benchmarks/isa.py); default native")
     a = p.parse_args(argv)
+    isas = [i.strip() for i in a.isa.split(",") if i.strip()]
+    if not isas or set(isas) - set(ISAS):
+        p.error(f"--isa: choose from {', '.join(ISAS)}")
+    rc = rerun_per_isa(__file__, list(argv if argv is not None else sys.argv[1:]), isas)
+    if rc is not None:
+        return rc
     import torch
 
     torch.set_num_threads(1)
     flags = cpu_flags()
-    print(f"torch {torch.__version__}, 1 thread; CPU bfloat16: "
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()} kernels), 1 thread; CPU bfloat16: "
           f"{', '.join(sorted(flags & {'amx_bf16', 'avx512_bf16', 'amx_int8', 'avx512_vnni'})) or 'none'}")
     for bands in (int(b) for b in a.bands.split(",")):
         det = random_detector(bands)

@@ -28,6 +28,7 @@ ratios within one run are what count.
     python benchmarks/throughput.py                 # 4096 x 4096 x 64 (4 GiB uncompressed, 2.8 GiB on disk)
     python benchmarks/throughput.py --size 512      # seconds
     python benchmarks/throughput.py --sentinel2     # only the Sentinel-2-like case: stacked VRT vs stacked GeoTIFF
+    python benchmarks/throughput.py --isa native,avx2   # a table each: this CPU, and held to AVX2 (benchmarks/isa.py)
 
 ``--sentinel2`` builds a Sentinel-2-like product folder instead (one uint16 deflate GeoTIFF per band: four bands at
 10 m, SIZE x SIZE, five at 20 m and one at 60 m), stacks its 10 bands with ``rsvae stack`` once as a VRT (no pixels
@@ -54,6 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa import ISAS, check, isa_env  # noqa: E402 - the benchmarks' folder, after the path above
 
 BLOCK = 256
 NODATA = -9999.0
@@ -323,9 +326,11 @@ class Launcher:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
+        self.prefix: list[str] = []  # put before every command: ``env VAR=value ...`` of the ISA measured (--isa)
 
     def run(self, argv: list[str]) -> tuple[float, float, str]:
-        """Run ``argv``; return (wall seconds, peak RSS in MiB, stdout)."""
+        """Run ``argv`` (after ``prefix``); return (wall seconds, peak RSS in MiB, stdout)."""
+        argv = [*self.prefix, *argv]
         self.proc.stdin.write(json.dumps(argv) + "\n")
         self.proc.stdin.flush()
         r = json.loads(self.proc.stdout.readline())
@@ -360,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="runs of each reading/scoring stage; the fastest counts")
     p.add_argument("--train-threads", default="0,1",
                    help="torch thread counts to train with, comma-separated; 0 = the config's default (all cores)")
+    p.add_argument("--isa", default="native",
+                   help="instruction sets to measure under, comma-separated, a table each: native (this CPU's best) "
+                        "and/or avx2 (torch, MKL, oneDNN and numpy held to AVX2 kernels, as on CPUs without "
+                        "AVX-512: benchmarks/isa.py); default native")
     p.add_argument("--sentinel2", action="store_true",
                    help="only the Sentinel-2-like case: `rsvae score` on a stacked VRT vs one stacked GeoTIFF")
     p.add_argument("--stage", help=argparse.SUPPRESS)
@@ -371,10 +380,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(STAGES[a.stage](*[int(x) if x.isdigit() else x for x in a.rest])))
         return 0
 
+    isas = [i.strip() for i in a.isa.split(",") if i.strip()]
+    unknown = sorted(set(isas) - set(ISAS))
+    if unknown or not isas:
+        p.error(f"--isa: unknown {', '.join(unknown) or 'empty'} (choose from {', '.join(ISAS)})")
     launcher = Launcher()  # first, while this process is small
     work = Path(tempfile.mkdtemp(prefix="rsvae-bench-"))
     try:
-        return sentinel2_report(a, launcher, work) if a.sentinel2 else report(a, launcher, work)
+        rc = 0
+        for isa in isas:
+            env = isa_env(isa)
+            launcher.prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+            heading = check(isa)  # raises when the AVX2 environment does not take effect
+            print(f"\n### ISA {heading}", flush=True)
+            (work / isa).mkdir()
+            run = sentinel2_report if a.sentinel2 else report
+            rc |= run(a, launcher, work / isa)
+        return rc
     finally:
         launcher.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -604,7 +626,7 @@ def sentinel2_report(a: argparse.Namespace, launcher: Launcher, work: Path) -> i
     for r in range(a.repeat):
         for key, argv in runs.items():
             say(f"run {r + 1}/{a.repeat}: score the {key} ...")
-            wall, cpu, rss = _measured(argv)
+            wall, cpu, rss = _measured([*launcher.prefix, *argv])
             old = best.get(key)
             best[key] = (min(wall, old[0]), min(cpu, old[1]), max(rss, old[2])) if old else (wall, cpu, rss)
     px = a.size * a.size

@@ -356,10 +356,12 @@ def _score_line(summary: Any, fpr: float | None) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to score.  [default: cpu]")
 @click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
 @click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
-@click.option("--fast/--exact", default=None, help="VAE: the folded scoring path, or the previous one.  [default: fast]")
+@click.option("--fast/--exact", default=None,
+              help="VAE: the folded scoring path, or the previous one.  [default: the faster on this CPU]")
+@click.option("-v", "--verbose", is_flag=True, help="Also say which scoring path runs, and why.")
 @common
 def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
-          mask_dir: str | None, config_path: str | None, quiet: bool, **opts: Any) -> None:
+          mask_dir: str | None, config_path: str | None, quiet: bool, verbose: bool, **opts: Any) -> None:
     """Score every valid pixel of each TILE with MODEL into a georeferenced float32 GeoTIFF.
 
     Nodata, NaN and masked pixels are nodata in the output. With a mask (--mask-out or --mask-dir) and --fpr,
@@ -384,6 +386,9 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
+    if verbose and hasattr(det, "scoring_path"):
+        path = "the reference path (posterior samples)" if s["samples"] > 1 else det.scoring_path(s["fast"]).describe()
+        click.echo(f"scoring path: {path}", err=True)
     fpr = s["fpr"] if (mask_out or mask_dir) else None
     if many:
         score_tiles(det, tiles, outdir, mask_dir=mask_dir, fpr=fpr, samples=s["samples"], seed=s["seed"],

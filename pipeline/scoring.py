@@ -88,7 +88,7 @@ def score_raster(
     chunk: int = 65536,
     progress: Callable[[int], None] | None = None,
     readers: int = 2,
-    fast: bool = True,
+    fast: bool | None = None,
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
@@ -98,7 +98,9 @@ def score_raster(
     Reading (``readers`` threads, a dataset handle each), the detector and writing run overlapped, with bounded
     queues between them, so memory stays bounded by a few windows whatever the tile's size. The detector runs in
     the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
-    ``fast=False`` is handed to the detector (the VAE's previous scoring path instead of the folded one).
+    ``fast`` is handed to the detector: for the VAE, True the folded scoring path, False the previous one, None
+    (the default) the faster of the two on this CPU; the path run is recorded in the raster's tags
+    (``rsvae_scoring_path``).
     """
     if mask_out is not None and fpr is None:
         raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
@@ -107,8 +109,9 @@ def score_raster(
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
     rarity = rarity_of(detector)
     names = list(detector.outputs) + (["rarity"] if rarity[0] else [])
-    if not fast:  # only then: detectors without the option keep working as before
-        options["fast"] = False
+    choose = getattr(detector, "scoring_path", None)  # detectors with more than one scoring path (the VAE)
+    if fast is False or (fast is not None and choose is not None):  # --exact as before; --fast where it means a path
+        options["fast"] = fast
     with open_raster(tile) as ds:
         info = info_of(ds)
         detector.check_bands(info.count, str(tile))
@@ -118,6 +121,8 @@ def score_raster(
     origin = getattr(detector, "origin", {})
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
             "rsvae_detector": detector.kind, "rsvae_input": file_name(tile), "rsvae_input_path": str(tile)}
+    if choose is not None and samples <= 1:  # chosen (measured, when it is) before the reader threads start
+        tags["rsvae_scoring_path"] = choose(fast).describe()
     valid_total = flagged = 0
     writers: list[RasterWriter] = []
     try:
@@ -172,7 +177,7 @@ def score_tiles(
     samples: int = 1,
     seed: int = 0,
     chunk: int = 65536,
-    fast: bool = True,
+    fast: bool | None = None,
     on_done: Callable[[TileOutcome], None] | None = None,
 ) -> BatchResult:
     """Score many tiles with one loaded detector: ``outdir/NAME.tif`` (and ``mask_dir/NAME.tif``) per tile.

@@ -38,3 +38,21 @@ def test_detect_memory_benchmark_smoke(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "peak RSS MiB" in out and out.count("wrote ") == 2
     del sys.modules["detect_memory"]
+
+
+def test_isa_avx2_environment_takes_effect(monkeypatch):
+    """--isa avx2 holds torch's kernels, MKL's products and numpy's dispatch to AVX2 in a child process."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import isa
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2" not in flags:
+        import pytest
+
+        pytest.skip("not an x86 CPU with AVX2")
+    assert isa.isa_env("native") == {}
+    assert isa.isa_env("avx2")["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    line = isa.check("avx2")  # raises when it did not take effect
+    assert "torch kernels AVX2" in line and "numpy AVX-512 off" in line
+    assert isa.without_isa(["--bands", "64", "--isa", "avx2", "--isa=native", "-x"]) == ["--bands", "64", "-x"]
+    del sys.modules["isa"]

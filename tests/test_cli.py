@@ -117,3 +117,21 @@ def test_score_exact_switch_gives_the_same_scores(pipeline_run, tmp_path):
     np.testing.assert_array_equal(exact, again)
     with rasterio.open(work / "masks" / tile.name) as a, rasterio.open(tmp_path / "mask.tif") as b:
         assert (a.read() != b.read()).mean() < 1e-3
+
+
+def test_score_picks_its_path_says_which_with_verbose_and_records_it(pipeline_run, tmp_path):
+    """By default the path is measured at start (--verbose says so, with the figures), --fast and --exact force
+    one; the output's tags record the path run."""
+    demo, work = pipeline_run
+    tile = sorted((demo / "test").glob("*.tif"))[0]
+    out = run("score", work / "model", tile, "-o", tmp_path / "auto.tif", "--verbose", "-q")
+    line = next(ln for ln in out.splitlines() if ln.startswith("scoring path: "))
+    assert "measured on this CPU" in line and "folded " in line and "exact " in line and "kernels" in line
+    for flag, path in (("--exact", "exact"), ("--fast", "folded")):
+        out = run("score", work / "model", tile, "-o", tmp_path / f"{path}.tif", flag, "-v", "-q")
+        assert f"scoring path: {path} ({flag};" in out
+        with rasterio.open(tmp_path / f"{path}.tif") as ds:
+            assert ds.tags()["rsvae_scoring_path"].startswith(f"{path} ({flag};")
+    with rasterio.open(tmp_path / "auto.tif") as ds:
+        assert ds.tags()["rsvae_scoring_path"].split(" (")[0] in ("folded", "exact")
+    assert "scoring path" not in run("score", work / "model", tile, "-o", tmp_path / "quiet.tif", "-q")

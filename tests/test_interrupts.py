@@ -253,7 +253,9 @@ def test_train_killed_mid_training(sig, server, sample_file, train_reference, tm
     folder.mkdir()
     out = _plant_model(folder, train_reference["earlier"])
     before = snapshot(folder)
-    child = server.start("train", sample_file, "-o", out, "--epochs", "100000", *TRAIN, cwd=tmp_path)
+    # --max-steps too: training is fast enough that the default cap (2000 steps) ends it within seconds of CPU
+    child = server.start("train", sample_file, "-o", out, "--epochs", "100000", "--max-steps", "100000000", *TRAIN,
+                         cwd=tmp_path)
     wait_until(lambda: child.cpu_seconds() >= 0.5, child, "it was training")
     os.kill(child.pid, sig)
     check_interrupted(server.wait(child), sig, child)

@@ -190,6 +190,43 @@ def test_fast_switch_picks_the_path_and_both_follow_the_reference(model_dir, sam
         assert type(det._plan(True, fast)) is kind and type(det._plan(False, fast)) is kind
 
 
+def test_path_picked_per_cpu_is_measured_once_and_kept_unless_clearly_slower(model_dir, sample_file, monkeypatch):
+    """``fast=None`` (the default) times both paths once on this CPU (both layouts, thread CPU time) and keeps the
+    folded one unless the other beats it by more than PICK_MARGIN; new weights measure again; BCE models have one
+    path."""
+    from pipeline.detectors import vae_inference
+
+    det = load_detector(model_dir)
+    choice = det.scoring_path()
+    assert choice.path in vae_inference.PATHS and choice.reason.startswith("measured")
+    assert set(choice.ns_per_pixel) == set(vae_inference.PATHS) and min(choice.ns_per_pixel.values()) > 0
+    assert det.scoring_path() is choice  # measured once
+    assert det.scoring_path(False).path == "exact" and det.scoring_path(True).path == "folded"
+    x = load_sample(sample_file).pixels[:500]
+    _assert_close_to_reference(det, x, det.score(x))
+
+    timings = {}
+    monkeypatch.setattr(vae_inference, "measure_paths", lambda d: dict(timings))
+    for folded, exact, picked in ((100.0, 95.0, "folded"), (100.0, 80.0, "exact"), (80.0, 100.0, "folded")):
+        timings.update(folded=folded, exact=exact)
+        with torch.no_grad():
+            det.module.mu.bias.add_(0.0)  # new weights (a new version): measured again
+        assert det.scoring_path().path == picked
+        assert det.scoring_path().describe().startswith(f"{picked} (measured on this CPU at start; ")
+        if picked == "exact":  # the choice is what runs
+            from pipeline.detectors.vae_inference import ChunkScorer
+
+            calls: list[int] = []
+
+            def count(self, *a, calls=calls):
+                calls.append(1)
+            monkeypatch.setattr(ChunkScorer, "__call__", count)
+            det.score(x)
+            assert calls
+            monkeypatch.undo()
+            monkeypatch.setattr(vae_inference, "measure_paths", lambda d: dict(timings))
+
+
 def test_folded_path_on_integer_input_and_pixels_far_from_the_sample(model_dir, sample_file):
     """Pixels far outside the training range, and raw integer bands far from zero (digital numbers around 10 000,
     as many sensors deliver): still the reference within float32 rounding (folding the scale into the weights must
@@ -216,6 +253,7 @@ def test_bce_models_keep_the_previous_path_when_fast(sample_file):
     settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
     det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
     assert type(det._plan(True, True)) is ChunkScorer
+    assert det.scoring_path().path == "exact" and det.scoring_path().reason == "the only path for a bce term"
     _assert_close_to_reference(det, s.pixels[:500], det.score(s.pixels[:500], fast=True))
 
 

@@ -288,33 +288,54 @@ class VAEDetector(Detector):
 
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
                progress: Callable[[dict[str, float]], None] | None) -> tuple[list[dict[str, float]], int, float]:
+        """One training pass of this detector's module: (per-epoch history, best epoch, seconds); the module ends
+        with the weights of its best validation loss."""
+        from pipeline.detectors import vae_step
+
+        m, kind, beta = self.module, s["reconstruction"], float(s["beta"])
+        # the step written out by hand (vae_step: the same loss and gradients without autograd's per-operation
+        # cost) where it covers the model, else autograd
+        by_hand = vae_step.TrainStep(m, kind, beta) if vae_step.supports(m, kind) else None
+        try:
+            return self._epochs(x_train, x_val, s, gen, progress, by_hand)
+        finally:
+            if by_hand is not None:
+                by_hand.release()
+
+    def _epochs(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
+                progress: Callable[[dict[str, float]], None] | None,
+                by_hand: Any) -> tuple[list[dict[str, float]], int, float]:
+        """``_train``'s epochs, with the hand-written step ``by_hand`` (``vae_step.TrainStep``) or autograd."""
         m, kind, beta = self.module, s["reconstruction"], float(s["beta"])
         # fused Adam: one kernel per step for all parameters instead of a dozen small ops per parameter tensor
-        opt = torch.optim.Adam(m.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
-                               **_fused_adam(x_train.device))
+        opt = torch.optim.Adam(m.parameters() if by_hand is None else by_hand.parameters(), lr=s["lr"],
+                               weight_decay=s["weight_decay"], **_fused_adam(x_train.device))
         bs, n = int(s["batch_size"]), x_train.shape[0]
         history: list[dict[str, float]] = []
         best, best_state, best_epoch, stale = math.inf, copy.deepcopy(m.state_dict()), 0, 0
         t0 = time.perf_counter()
         epochs = planned_epochs(x_train.shape[0], s)
-        # one gather per epoch (index_select: 4x faster than x[order] here), into one buffer for all epochs (a new
-        # tensor each epoch cost as much again in fresh pages); the batches are then contiguous
-        shuffled = torch.empty_like(x_train)
+        # each batch gathered from the shuffled order into one reused buffer (index_select: 4x faster than
+        # x[order] here; batch by batch rather than the whole epoch at once: the batch is still in cache for its step)
+        batch = x_train.new_empty((min(bs, n), x_train.shape[1]))
         for epoch in range(1, epochs + 1):
             m.train()
             order = torch.randperm(n, generator=gen).to(x_train.device)
-            torch.index_select(x_train, 0, order, out=shuffled)
             total = torch.zeros((), dtype=torch.float64, device=x_train.device)
             for i in range(0, n, bs):
-                xb = shuffled[i:i + bs]
-                xhat, mu, logvar = m(xb)
-                loss = mean_loss(xb, xhat, mu, logvar, kind, beta)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                idx = order[i:i + bs]
+                xb = torch.index_select(x_train, 0, idx, out=batch[:idx.shape[0]])
+                if by_hand is not None:
+                    loss = by_hand(xb)  # writes every parameter's .grad
+                else:
+                    xhat, mu, logvar = m(xb)
+                    loss = mean_loss(xb, xhat, mu, logvar, kind, beta)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 opt.step()
                 total += loss.detach().double() * xb.shape[0]  # no .item() per step: one sync per epoch on a GPU
             m.eval()
-            val = validation_loss(m, x_val, kind, beta)
+            val = validation_loss(m, x_val, kind, beta) if by_hand is None else by_hand.mean_loss(x_val)
             rec = {"epoch": epoch, "epochs": epochs, "train_loss": float(total) / n, "val_loss": val,
                    "seconds": time.perf_counter() - t0}
             history.append(rec)
@@ -328,20 +349,20 @@ class VAEDetector(Detector):
                 stale += 1
                 if s["patience"] and stale >= s["patience"]:
                     break
-        del shuffled
         m.load_state_dict(best_state)
         m.eval()
         return history, best_epoch, time.perf_counter() - t0
 
     # ---- scoring
     def score(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
-              chunk: int = 65536, fast: bool = True) -> dict[str, np.ndarray]:
+              chunk: int = 65536, fast: bool | None = None) -> dict[str, np.ndarray]:
         """Per-pixel ``score`` = reconstruction + beta * KL, and the two terms, for ``pixels`` (n, bands).
 
         The KL term is at the posterior; the reconstruction term at the posterior mean, or averaged over
         ``samples`` posterior draws (seeded) when ``samples`` > 1 (that goes the reference path, ``score_tensor``).
-        ``fast`` (the default): the folded scorer where the model has one (``vae_inference.FoldedScorer``), else
-        the previous fast path (``ChunkScorer``); both equal the reference path within float32 rounding.
+        ``fast``: True, the folded scorer where the model has one (``vae_inference.FoldedScorer``); False, the
+        previous fast path (``ChunkScorer``); None (the default), the faster of the two on this CPU
+        (``scoring_path``). Both equal the reference path within float32 rounding.
         """
         self.check_bands(pixels.shape[1], "input")
         if samples <= 1:
@@ -359,14 +380,15 @@ class VAEDetector(Detector):
         return out
 
     def score_bands(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
-                    chunk: int = 65536, fast: bool = True) -> dict[str, np.ndarray]:
+                    chunk: int = 65536, fast: bool | None = None) -> dict[str, np.ndarray]:
         """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block: no transposed copy."""
         self.check_bands(pixels.shape[0], "input")
         if samples > 1:
             return self.score(np.asarray(pixels).T, samples, seed, chunk)
         return self._fast(pixels, True, chunk, fast)
 
-    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int, fast: bool = True) -> dict[str, np.ndarray]:
+    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int,
+              fast: bool | None = None) -> dict[str, np.ndarray]:
         """The fast path of ``score``/``score_bands`` (``vae_inference``): the layers on cache-sized chunks in the
         input's own layout with reused buffers, float32 normalisation on the fly, no float64 or transposed copy
         of the input. Equal to ``score_tensor`` within float32 rounding."""
@@ -375,9 +397,21 @@ class VAEDetector(Detector):
         n = pixels.shape[1] if band_major else pixels.shape[0]
         rows = np.empty((len(self.outputs), n), np.float32)  # score, reconstruction, kl
         if n:
-            score_chunks(self, pixels, band_major, chunk, rows, fast)
+            score_chunks(self, pixels, band_major, chunk, rows, self.scoring_path(fast).path == "folded")
             np.nan_to_num(rows, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, rows, strict=True))
+
+    def scoring_path(self, fast: bool | None = None) -> Any:
+        """The scoring path (``vae_inference.PathChoice``) that ``fast`` selects: True folded, False exact, None
+        the faster on this CPU, measured once per model and weights (``vae_inference.choose_path``)."""
+        from pipeline.detectors.vae_inference import choose_path
+
+        if fast is not None:
+            return choose_path(self, fast)
+        self._plan()  # resets the cached choice when the weights changed
+        if "choice" not in self._choice:
+            self._choice["choice"] = choose_path(self, None)
+        return self._choice["choice"]
 
     def _plan(self, band_major: bool = True, fast: bool = True) -> Any:
         """The fast path's plan of this model for one memory layout: ``vae_inference.FoldedScorer`` where ``fast``
@@ -389,6 +423,7 @@ class VAEDetector(Detector):
                self.offset.tobytes(), self.scale.tobytes())
         if getattr(self, "_plan_key", None) != key:
             self._plans: dict[tuple[bool, bool], Any] = {}
+            self._choice: dict[str, Any] = {}  # scoring_path's measured choice for these weights
             self._plan_key = key
         folded = fast and self.architecture["reconstruction"] in ("gaussian", "mse")
         if (band_major, folded) not in self._plans:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -172,7 +173,9 @@ class FoldedScorer:
     - with the residual covariance, the standardisation's scale is folded into the first layer, the output layer
       and the whitening matrix, so the input is only centred (``x - offset``), and the residual mean joins the
       output bias: the residual (in centred input units) is computed in place in the input's buffer
-      (``x -= W_out' @ g``), then whitened by one product;
+      (``x -= W_out' @ g``), then whitened by an upper-triangular factor of the residual's precision (the same
+      quadratic form, ``|U r|² = |W.T r|²``), multiplied in ``whiten_blocks(bands)`` row blocks that skip its
+      zeros (0.62-0.75 of the dense product's work);
     - the three outputs come out of one small product of the squared whitened residual and the KL terms with a
       fixed (3, k + latent + 1) matrix (the sums, the halves, beta and the KL's constant).
 
@@ -210,7 +213,9 @@ class FoldedScorer:
                 w0, b0, a0 = encoder[0]
                 encoder[0] = (w0 / scale, b0, a0)
                 w_out, b_out = w_out * scale[:, None], (b_out + mean) * scale
-                whiten_t = whiten.T / scale  # (k, bands): whitens a residual in centred input units
+                upper = _upper_factor(whiten)
+                # (k, bands): whitens a residual in centred input units
+                whiten_t = (whiten.T if upper is None else upper) / scale
                 weights = [0.5] * whiten_t.shape[0]
             else:
                 whiten_t = None
@@ -230,6 +235,11 @@ class FoldedScorer:
             self.decoder = [as32(_with_bias(w, b, ones=True)) for w, b, _ in decoder[:-1]]
             self.output = as32(_with_bias(w_out, b_out, ones=False))
             self.whiten = None if whiten_t is None else as32(whiten_t)
+            # row blocks [a, b) of an upper-triangular factor, each times the residual's rows from a (dense: one)
+            edges = whiten_blocks(B) if residual and upper is not None else [0, len(weights)]
+            self.whiten_blocks = None if whiten_t is None else [
+                (as32(whiten_t[a:b, a if upper is not None else 0:]), a if upper is not None else 0, a, b)
+                for a, b in zip(edges[:-1], edges[1:], strict=True)]
             self.sums = as32(sums)
         shape = (-1, 1) if band_major else (1, -1)
         self.offset, self.inv_scale = (
@@ -282,11 +292,38 @@ class FoldedScorer:
             v.residual.addmm_(self.output, g, alpha=-1.0)  # in place (its sign does not matter to a square)
         if self.whiten is not None:
             with self.precision["whiten"]():
-                torch.mm(self.whiten, v.residual, out=v.squares).square_()
+                self.whiten_into(v.residual, v.squares).square_()
         else:
             torch.square(v.residual, out=v.squares)
         torch.exp(v.logvar, out=v.kl).sub_(v.logvar).addcmul_(v.mu, v.mu)
         torch.mm(self.sums, v.z, out=out)
+
+
+    def whiten_into(self, residual: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` = the whitened ``residual`` (bands, n), block by block (``whiten_blocks``)."""
+        for w, first_band, a, b in self.whiten_blocks:
+            torch.mm(w, residual[first_band:], out=out[a:b])
+        return out
+
+
+def whiten_blocks(bands: int) -> list[int]:
+    """Row-block edges for a (bands, bands) upper-triangular whitening factor: 2 blocks from 64 bands, up to 4
+    from 128 (each block skips the zeros left of its diagonal; more blocks skip more, but each is one more call:
+    measured with ``benchmarks/inference_profile.py``)."""
+    k = max(1, min(4, bands // 32))
+    return [round(i * bands / k) for i in range(k + 1)]
+
+
+def _upper_factor(whiten: torch.Tensor) -> torch.Tensor | None:
+    """An upper-triangular U (bands, bands) with ``|U r|² = |whiten.T r|²`` for every r (float64: the transposed
+    Cholesky factor of the precision ``whiten @ whiten.T``), or None where the precision is singular (a whitening
+    with fewer columns than bands)."""
+    if whiten.shape[1] != whiten.shape[0]:
+        return None
+    lower, info = torch.linalg.cholesky_ex(whiten @ whiten.T)
+    if int(info) != 0 or not torch.isfinite(lower).all():
+        return None
+    return lower.T.contiguous()
 
 
 @dataclass
@@ -351,6 +388,72 @@ def _linear_layers(layers: nn.Sequential) -> list[Layer]:
         else:
             raise TypeError(f"no fast path for a {type(layer).__name__} layer here")
     return out
+
+
+#: The scoring paths ``--fast`` and ``--exact`` name: the folded scorer, and the previous one (``ChunkScorer``).
+PATHS = ("folded", "exact")
+#: Another path is picked over the folded one (the default, faster on every CPU measured: 1.3x with AVX2 kernels,
+#: 1.4x with AVX-512) only when it is measured faster by more than this share: noise cannot flip the choice.
+PICK_MARGIN = 0.10
+#: Pixels of each layout timed per path and round when the path is measured at start (2 rounds after a warm-up:
+#: about 20 ms on one core).
+PICK_PIXELS, PICK_ROUNDS = 2048, 2
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """The scoring path a VAE runs here, and why: ``--fast``/``--exact``, the model (BCE: only the previous path),
+    the device (not measured off the CPU), or a measurement at start on this CPU."""
+
+    path: str  # one of PATHS
+    reason: str
+    ns_per_pixel: dict[str, float]  # the measurement (CPU ns per pixel, both layouts) when there was one
+    kernels: str  # torch's CPU kernel level (AVX512, AVX2, ...)
+
+    def describe(self) -> str:
+        """One line: the path, why, the kernels and the measured figures."""
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in self.ns_per_pixel.items())
+        return (f"{self.path} ({self.reason}; {self.kernels} kernels"
+                + (f"; CPU ns per pixel: {figures})" if figures else ")"))
+
+
+def choose_path(det: VAEDetector, fast: bool | None) -> PathChoice:
+    """The path ``fast`` asks for (True: folded, False: exact), or with None the faster one on this CPU: both
+    timed on the model's own weights (``measure_paths``), the folded one kept unless the other is faster by more
+    than ``PICK_MARGIN``. A model without a folded path (BCE term) runs the exact one whatever ``fast`` says."""
+    kernels = torch.backends.cpu.get_cpu_capability()
+    kind = det.architecture["reconstruction"]
+    if kind not in ("gaussian", "mse"):
+        return PathChoice("exact", f"the only path for a {kind} term", {}, kernels)
+    if fast is not None:
+        return PathChoice("folded" if fast else "exact", "--fast" if fast else "--exact", {}, kernels)
+    if det.device.type != "cpu":
+        return PathChoice("folded", f"the default: not measured on {det.device.type}", {}, kernels)
+    ns = measure_paths(det)
+    best = min(ns, key=ns.__getitem__)
+    path = best if ns[best] < (1.0 - PICK_MARGIN) * ns["folded"] else "folded"
+    return PathChoice(path, "measured on this CPU at start", ns, kernels)
+
+
+def measure_paths(det: VAEDetector, pixels: int = PICK_PIXELS, rounds: int = PICK_ROUNDS) -> dict[str, float]:
+    """CPU nanoseconds per pixel of each path in ``PATHS`` on this thread: ``pixels`` synthetic pixels around the
+    model's normalisation in each layout (band rows as GDAL's blocks, pixel rows as decoded tiles), one warm-up
+    round (it builds the plans), then the fastest of ``rounds`` interleaved rounds. Thread CPU time: reader threads
+    running beside it do not count."""
+    rng = np.random.default_rng(0)
+    B = det.offset.size
+    rows = (det.offset + det.scale * rng.standard_normal((pixels, B))).astype(np.float32)
+    layouts = ((np.ascontiguousarray(rows.T), True), (rows, False))
+    out = np.empty((3, pixels), np.float32)
+    best = {p: float("inf") for p in PATHS}
+    for r in range(rounds + 1):
+        for p in PATHS:
+            t0 = time.thread_time()
+            for x, band_major in layouts:
+                score_chunks(det, x, band_major, pixels, out, fast=p == "folded")
+            if r:
+                best[p] = min(best[p], time.thread_time() - t0)
+    return {p: v / (2 * pixels) * 1e9 for p, v in best.items()}
 
 
 def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int, out: np.ndarray,
