@@ -66,7 +66,7 @@ def run(tile: Path, truth: Path, work: Path, method: str, seed: int,
     config = load_config(config_path)
     t0 = time.perf_counter()
     sample = ingest([tile], work / "sample.nc", max_pixels=config["ingest"]["max_pixels"],
-                    seed=config["ingest"]["seed"])
+                    seed=config["ingest"]["seed"], context=config["ingest"]["context"])
     settings = dict(config["train"], method=method, seed=seed)
     train(sample, work / f"{method}-{seed}", settings, config=config)
     det = load_detector(work / f"{method}-{seed}", config["score"]["device"])

@@ -198,14 +198,15 @@ def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, parti
             raise click.UsageError("give -o FILE (--outdir goes with --partial)")
     elif one_or_many(tiles, output, outdir, {}, {}):
         sample.partial_tiles(tiles, outdir, s["max_pixels"], s["seed"],
-                             on_done=tile_reporter(quiet, lambda path: f"wrote {path}")).check()
+                             on_done=tile_reporter(quiet, lambda path: f"wrote {path}"), context=s["context"]).check()
         return
     total = sum(info.width * info.height for info in map(describe, tiles))
     with pixel_bar(total, quiet, "ingest") as bar:
         if partial:
-            sample.write_sample(sample.sample_tile(tiles[0], s["max_pixels"], s["seed"], bar), output)
+            sample.write_sample(sample.sample_tile(tiles[0], s["max_pixels"], s["seed"], bar, s["context"]), output)
         else:
-            sample.ingest(tiles, output, max_pixels=s["max_pixels"], seed=s["seed"], progress=bar)
+            sample.ingest(tiles, output, max_pixels=s["max_pixels"], seed=s["seed"], progress=bar,
+                          context=s["context"])
     say(quiet, f"wrote {output}")
 
 
