@@ -178,6 +178,9 @@ def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> Non
 @click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
 @click.option("--partial", is_flag=True,
               help="Write per-tile partial samples, for `rsvae merge` (the workflow's ingest jobs).")
+@click.option("--context", callback=lambda ctx, param, value: _ints(ctx, param, value),
+              help="Also record each sampled pixel's ring mean, guard,outer window (e.g. 3,9), for "
+                   "`rsvae train --context ring`.  [default: none]")
 @common
 def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, partial: bool, config_path: str | None,
            quiet: bool, **opts: Any) -> None:
@@ -188,6 +191,7 @@ def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, parti
       rsvae ingest demo/normal/*.tif -o work/sample.nc --seed 0
       rsvae ingest demo/normal/normal_000.tif --partial -o work/parts/normal_000.nc
       rsvae ingest demo/normal/*.tif --partial --outdir work/parts
+      rsvae ingest demo/normal/*.tif -o work/sample-ctx.nc --context 3,9
     """
     from pipeline import sample
     from pipeline.raster import describe
@@ -245,6 +249,9 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.argument("sample_file", metavar="SAMPLE", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model folder to write.")
 @click.option("--method", type=click.Choice(["vae", "rx", "lrx"]), help="Detector.  [default: vae]")
+@click.option("--context", type=click.Choice(["none", "ring"]),
+              help="none: the per-pixel VAE; ring: the context VAE (needs a sample ingested with --context).  "
+                   "[default: none]")
 @click.option("--preset", type=click.Choice(["default", "seed"]),
               help="Named architecture; 'seed' is the textbook VAE (hidden 32, latent 32, BCE).")
 @click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 128]")
@@ -280,6 +287,7 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
       rsvae train work/sample.nc -o work/model-seed --preset seed
       rsvae train work/sample.nc -o work/rx --method rx
       rsvae train work/sample.nc -o work/lrx --method lrx --inner-window 3 --outer-window 15
+      rsvae train work/sample-ctx.nc -o work/model-ctx --context ring
     """
     from tqdm import tqdm
 

@@ -12,6 +12,8 @@ sizes, and the same value for a pixel whichever block it is computed in, up to f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 #: Bands whose integral images are built at once (bounded memory for hyperspectral blocks).
@@ -42,6 +44,33 @@ def _integral(a: np.ndarray, pad: int) -> np.ndarray:
     return out
 
 
+def ring_counts(valid: np.ndarray, inner: int, outer: int) -> np.ndarray:
+    """Valid pixels in each pixel's ring (rows, cols) int."""
+    check_windows(inner, outer, "ring")
+    rows, cols = valid.shape
+    pad = outer // 2
+    iv = _integral(np.asarray(valid, bool).astype(np.float64), pad)
+    count = _box_sums(iv, outer // 2, pad, rows, cols) - _box_sums(iv, inner // 2, pad, rows, cols)
+    return np.rint(count).astype(np.int64)
+
+
+def ring_mean_groups(data: np.ndarray, valid: np.ndarray, inner: int, outer: int,
+                     count: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """``ring_mean`` a few bands at a time: (band slice, mean of those bands) pairs, so a caller that reduces the
+    means (a projection) never holds all bands' float64 means. ``count`` is ``ring_counts``' (NaN where 0)."""
+    bands, rows, cols = data.shape
+    pad = outer // 2
+    v = np.asarray(valid, bool)
+    empty = count == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for b in range(0, bands, BAND_GROUP):
+            x = np.where(v, np.asarray(data[b:b + BAND_GROUP], np.float64), 0.0)
+            ix = _integral(x, pad)
+            mean = (_box_sums(ix, outer // 2, pad, rows, cols) - _box_sums(ix, inner // 2, pad, rows, cols)) / count
+            mean[:, empty] = np.nan
+            yield slice(b, b + mean.shape[0]), mean
+
+
 def ring_mean(data: np.ndarray, valid: np.ndarray, inner: int, outer: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean spectrum over the valid pixels of each pixel's ring, and their count.
 
@@ -50,19 +79,8 @@ def ring_mean(data: np.ndarray, valid: np.ndarray, inner: int, outer: int) -> tu
     near the block's border its ring is cut by the border (read blocks with a margin of ``outer // 2`` for full
     rings).
     """
-    check_windows(inner, outer, "ring_mean")
-    bands, rows, cols = data.shape
-    pad = outer // 2
-    v = np.asarray(valid, bool)
-    iv = _integral(v.astype(np.float64), pad)
-    count = _box_sums(iv, outer // 2, pad, rows, cols) - _box_sums(iv, inner // 2, pad, rows, cols)
-    count = np.rint(count).astype(np.int64)
-    mean = np.empty((bands, rows, cols), np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for b in range(0, bands, BAND_GROUP):  # a few bands at a time: the float64 integral images stay small
-            x = np.where(v, np.asarray(data[b:b + BAND_GROUP], np.float64), 0.0)
-            ix = _integral(x, pad)
-            mean[b:b + BAND_GROUP] = (_box_sums(ix, outer // 2, pad, rows, cols)
-                                      - _box_sums(ix, inner // 2, pad, rows, cols)) / count
-    mean[:, count == 0] = np.nan
+    count = ring_counts(valid, inner, outer)
+    mean = np.empty(data.shape, np.float64)
+    for band, m in ring_mean_groups(data, valid, inner, outer, count):
+        mean[band] = m
     return mean, count

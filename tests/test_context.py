@@ -147,3 +147,24 @@ def test_ring_context_needs_a_sample_with_ring_means(sample_file, tmp_path):
 
 def test_per_pixel_model_is_still_the_plain_vae(model_dir):
     assert isinstance(load_detector(model_dir), VAEDetector)
+
+
+def test_cli_ingest_train_score_with_context(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    img, where = scene(size=32, bands=4)
+    tile = write_tif(tmp_path / "t.tif", img)
+    run = CliRunner().invoke
+    res = run(cli, ["ingest", str(tile), "-o", str(tmp_path / "s.nc"), "--context", "3,7", "-q"])
+    assert res.exit_code == 0, res.output
+    res = run(cli, ["train", str(tmp_path / "s.nc"), "-o", str(tmp_path / "m"), "--context", "ring", "--epochs", "3",
+                    "-q"])
+    assert res.exit_code == 0, res.output
+    res = run(cli, ["score", str(tmp_path / "m"), str(tile), "-o", str(tmp_path / "o.tif"), "-q"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert ds.count == 4 and ds.tags()["rsvae_detector"] == "context-vae"
+    res = run(cli, ["ingest", str(tile), "-o", str(tmp_path / "bad.nc"), "--context", "4,7"])
+    assert res.exit_code != 0 and "odd" in res.output and "Traceback" not in res.output

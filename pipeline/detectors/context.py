@@ -24,7 +24,7 @@ import torch
 from pipeline.detectors.base import Detector
 from pipeline.detectors.vae import VAEDetector
 from pipeline.errors import ConfigError, ModelError
-from pipeline.neighbourhood import check_windows, ring_mean
+from pipeline.neighbourhood import check_windows, ring_counts, ring_mean_groups
 
 #: Sample ring means used to find the principal components (at most).
 PCA_PIXELS = 50_000
@@ -147,12 +147,18 @@ class ContextVAEDetector(Detector):
         """Band-major features (bands + components, n) of the interior pixels of a block read with ``halo`` pixels
         of margin, and which interior pixels they are (rows - 2·halo, cols - 2·halo): valid, with a valid ring."""
         h = self.halo
-        mean, count = ring_mean(data, valid, *self.windows)
+        count = ring_counts(valid, *self.windows)
         inner = (slice(h, data.shape[1] - h), slice(h, data.shape[2] - h))
         ok = valid[inner] & (count[inner] > 0)
-        ctx = np.tensordot(self.projection, mean[(slice(None), *inner)][:, ok], axes=(0, 0))
-        x = data[(slice(None), *inner)][:, ok]
-        return np.concatenate([np.asarray(x, np.float32), ctx.astype(np.float32)]), ok
+        n, bands, k = int(ok.sum()), data.shape[0], self.projection.shape[1]
+        feats = np.empty((bands + k, n), np.float32)
+        feats[:bands] = data[(slice(None), *inner)][:, ok]
+        ctx = np.zeros((k, n), np.float64)
+        # the ring means a few bands at a time, projected as they come: no float64 copy of the whole block
+        for band, mean in ring_mean_groups(data, valid, *self.windows, count):
+            ctx += self.projection[band].T @ mean[(slice(None), *inner)][:, ok]
+        feats[bands:] = ctx
+        return feats, ok
 
     def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         """Score the interior of ``data`` (bands, rows, cols), which carries ``halo`` pixels of context per side.
@@ -164,7 +170,7 @@ class ContextVAEDetector(Detector):
         feats, ok = self.features(data, valid)
         out = {k: np.full(ok.shape, np.nan, np.float32) for k in self.outputs}
         if ok.any():
-            terms = self.vae.score_bands(np.ascontiguousarray(feats))
+            terms = self.vae.score_bands(feats)
             for k in self.outputs:
                 out[k][ok] = terms[k]
         return out
