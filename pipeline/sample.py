@@ -27,7 +27,15 @@ from pipeline.batch import BatchResult, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
 from pipeline.files import make_parent
 from pipeline.neighbourhood import check_windows, ring_mean
-from pipeline.raster import WindowReader, file_name, info_of, is_dataset_name, iter_windows, open_raster, with_margin
+from pipeline.raster import (
+    WindowReader,
+    file_name,
+    info_of,
+    is_dataset_name,
+    iter_windows,
+    open_raster,
+    with_margin,
+)
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 

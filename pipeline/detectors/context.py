@@ -2,11 +2,13 @@
 
 Each pixel's input is its spectrum and the mean spectrum of its guarded ring (``neighbourhood.ring_mean``: an outer
 window minus a guard window, so a target up to the guard's size does not explain itself), the ring mean reduced to
-its ``components`` leading principal components (in the sample's standardised units) to keep the model small. The
-VAE models the joint density of (pixel, surroundings): a spectrum that is common in the scene but not next to what
-surrounds it (an aircraft on tarmac; roofs with the same material elsewhere) is unlikely jointly. Everything else
-is the per-pixel VAE's, unchanged: residual-Mahalanobis reconstruction term, the trimmed second pass, and rarity
-calibrated on held-out sample pixels (with the ring means the sample recorded for them at ingest).
+its ``components`` leading principal components (in the sample's standardised band units, not each rescaled) to
+keep the model small. The VAE learns the joint density of (pixel, surroundings): a spectrum that is common in the
+scene but not next to what surrounds it (an aircraft on tarmac, with the same material on roofs elsewhere) is
+explained badly. The score is the spectrum's part only (``SpectrumNoiseVAE``): the residual-Mahalanobis distance of
+the pixel's own residual, plus the KL term, so a normal pixel is not flagged for an odd ring (a target's neighbours
+would be, and targets would smear). Everything else is the per-pixel VAE's, unchanged: the trimmed second pass, and
+rarity calibrated on held-out sample pixels (with the ring means the sample recorded for them at ingest).
 
 It scores windows read with a margin (``halo`` = outer // 2), like local RX, so the streaming scorer gives every
 pixel its full ring. A pixel whose ring is cut by a mask, nodata or the raster's edge is scored against the valid
