@@ -84,11 +84,14 @@ class ContextVAEDetector(Detector):
     outputs: ClassVar[tuple[str, ...]] = VAEDetector.outputs
 
     def __init__(self, vae: VAEDetector, band_names: list[str], windows: tuple[int, int], projection: np.ndarray,
-                 meta: dict[str, Any]):
+                 centre: np.ndarray, meta: dict[str, Any]):
         self.vae = vae
         self.band_names = list(band_names)
         self.windows = (int(windows[0]), int(windows[1]))
-        self.projection = np.asarray(projection, np.float64)  # (bands, components): ring mean -> features
+        # a spectrum x (input units) -> its components x @ projection - centre (standardised band units)
+        self.projection = np.asarray(projection, np.float64)  # (bands, components)
+        self.centre = np.asarray(centre, np.float64)  # (components,)
+        self._projection32 = np.ascontiguousarray(self.projection.T, np.float32)
         self.meta = meta
 
     @property
@@ -123,8 +126,8 @@ class ContextVAEDetector(Detector):
         basis = np.linalg.svd(z_fit, full_matrices=False)[2][:k].T  # (bands, k)
         if basis.shape[1] < k:  # fewer sample pixels than components
             basis = np.pad(basis, ((0, 0), (0, k - basis.shape[1])))
-        projection = basis / scale[:, None]
-        feats = np.concatenate([pixels.astype(np.float64), context @ projection], axis=1)
+        projection, centre = basis / scale[:, None], (offset / scale) @ basis
+        feats = np.concatenate([pixels.astype(np.float64), z @ basis], axis=1)
         # The components stay in standardised band units (scale 1), not each scaled to unit variance: the ring
         # mean keeps its geometry, and weak components do not weigh as much as strong ones (that lost 0.012 of
         # mean ROC AUC on the dev scenes).
@@ -137,7 +140,7 @@ class ContextVAEDetector(Detector):
         vae = _spectrum_vae(bands).fit(feats.astype(np.float32), names, fstats, settings, progress)
         meta = dict(vae.meta, context={"windows": list(windows), "components": k, "n_fit": int(keep.sum()),
                                        "dropped_no_ring": int((~keep).sum())})
-        return cls(vae, band_names, windows, projection, meta)
+        return cls(vae, band_names, windows, projection, centre, meta)
 
     # ---- scoring
     def score(self, pixels: np.ndarray, **_: Any) -> dict[str, np.ndarray]:
@@ -152,14 +155,16 @@ class ContextVAEDetector(Detector):
         count = ring_counts(valid, *self.windows)
         inner = (slice(h, data.shape[1] - h), slice(h, data.shape[2] - h))
         ok = valid[inner] & (count[inner] > 0)
-        n, bands, k = int(ok.sum()), data.shape[0], self.projection.shape[1]
-        feats = np.empty((bands + k, n), np.float32)
+        bands, rows, cols = data.shape
+        k = self.projection.shape[1]
+        feats = np.empty((bands + k, int(ok.sum())), np.float32)
         feats[:bands] = data[(slice(None), *inner)][:, ok]
-        ctx = np.zeros((k, n), np.float64)
-        # the ring means a few bands at a time, projected as they come: no float64 copy of the whole block
-        for band, mean in ring_mean_groups(data, valid, *self.windows, count):
-            ctx += self.projection[band].T @ mean[(slice(None), *inner)][:, ok]
-        feats[bands:] = ctx
+        # The mean is linear: the ring mean of the pixels' components is the components of their ring mean. So
+        # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
+        flat = np.asarray(data, np.float32).reshape(bands, -1)
+        comp = (self._projection32 @ flat).reshape(k, rows, cols) - self.centre[:, None, None].astype(np.float32)
+        for band, mean in ring_mean_groups(comp, valid, *self.windows, count):
+            feats[bands + band.start:bands + band.stop] = mean[(slice(None), *inner)][:, ok]
         return feats, ok
 
     def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
@@ -181,6 +186,7 @@ class ContextVAEDetector(Detector):
     def tensors(self) -> dict[str, torch.Tensor]:
         t = {f"vae.{k}": v for k, v in self.vae.tensors().items()}
         t["context.projection"] = torch.from_numpy(self.projection)
+        t["context.centre"] = torch.from_numpy(self.centre)
         return t
 
     @classmethod
@@ -192,14 +198,15 @@ class ContextVAEDetector(Detector):
             windows = tuple(int(w) for w in meta["context"]["windows"])
             k = int(meta["context"]["components"])
             projection = tensors["context.projection"].double().numpy()
+            centre = tensors["context.centre"].double().numpy()
             check_windows(*windows, where)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: incomplete context model ({type(exc).__name__}: {exc})") from None
-        if projection.shape != (bands, k):
+        if projection.shape != (bands, k) or centre.shape != (k,):
             raise ModelError(f"{where}: context projection {projection.shape} does not match {bands} bands and {k} "
                              "components")
         inner_meta = dict(meta, bands=bands + k,
                           band_names=list(meta["band_names"]) + [f"context_{i + 1}" for i in range(k)])
         vae = VAEDetector.from_saved(inner_meta, {k_[len("vae."):]: v for k_, v in tensors.items()
                                                   if k_.startswith("vae.")}, where, device)
-        return cls(vae, meta["band_names"], windows, projection, meta)
+        return cls(vae, meta["band_names"], windows, projection, centre, meta)
