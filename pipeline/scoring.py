@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import halo
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, RsvaeWarning
 from pipeline.raster import (
@@ -130,8 +131,13 @@ def score_raster(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
             margin = int(getattr(detector, "halo", 0) or 0)
-            blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
-                                                     threads=readers))
+            if margin and halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
+                # each tile decoded once, not once per neighbouring window (pipeline/halo.py)
+                blocks = stack.enter_context(halo.RowBandReader(tile, windows, info.width, info.height,
+                                                                margin=margin))
+            else:
+                blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
+                                                         threads=readers))
             sink = stack.enter_context(BlockWriter(writers))
             for block in blocks:
                 scores, valid = score_block(detector, block, nodata, options, rarity)

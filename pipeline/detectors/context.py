@@ -157,14 +157,25 @@ class ContextVAEDetector(Detector):
         ok = valid[inner] & (count[inner] > 0)
         bands, rows, cols = data.shape
         k = self.projection.shape[1]
-        feats = np.empty((bands + k, int(ok.sum())), np.float32)
-        feats[:bands] = data[(slice(None), *inner)][:, ok]
+        every = bool(ok.all())  # the usual case: slices instead of gathers
+        n = ok.size if every else int(ok.sum())
+        feats = np.empty((bands + k, n), np.float32)
+        core = data[(slice(None), *inner)]
+        if every:
+            feats[:bands].reshape(core.shape)[...] = core
+        else:
+            feats[:bands] = core[:, ok]
         # The mean is linear: the ring mean of the pixels' components is the components of their ring mean. So
         # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
         flat = np.asarray(data, np.float32).reshape(bands, -1)
         comp = (self._projection32 @ flat).reshape(k, rows, cols) - self.centre[:, None, None].astype(np.float32)
         for band, mean in ring_mean_groups(comp, valid, *self.windows, count):
-            feats[bands + band.start:bands + band.stop] = mean[(slice(None), *inner)][:, ok]
+            part = mean[(slice(None), *inner)]
+            target = feats[bands + band.start:bands + band.stop]
+            if every:
+                target.reshape(part.shape)[...] = part
+            else:
+                target[...] = part[:, ok]
         return feats, ok
 
     def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
