@@ -55,20 +55,22 @@ def ring_counts(valid: np.ndarray, inner: int, outer: int) -> np.ndarray:
 
 
 def ring_mean_groups(data: np.ndarray, valid: np.ndarray, inner: int, outer: int,
-                     count: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+                     count: np.ndarray, group: int = BAND_GROUP) -> Iterator[tuple[slice, np.ndarray]]:
     """``ring_mean`` a few bands at a time: (band slice, mean of those bands) pairs, so a caller that reduces the
-    means (a projection) never holds all bands' float64 means. ``count`` is ``ring_counts``' (NaN where 0)."""
+    means (a projection) never holds all bands' float64 means, ``group`` bands at a time. ``count`` is
+    ``ring_counts``'; the mean is NaN where it is 0."""
     bands, rows, cols = data.shape
     pad = outer // 2
     v = np.asarray(valid, bool)
-    empty = count == 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for b in range(0, bands, BAND_GROUP):
-            x = np.where(v, np.asarray(data[b:b + BAND_GROUP], np.float64), 0.0)
-            ix = _integral(x, pad)
-            mean = (_box_sums(ix, outer // 2, pad, rows, cols) - _box_sums(ix, inner // 2, pad, rows, cols)) / count
-            mean[:, empty] = np.nan
-            yield slice(b, b + mean.shape[0]), mean
+    with np.errstate(divide="ignore"):
+        inv = np.where(count > 0, 1.0 / count, np.nan)  # NaN where the ring holds no valid pixel
+    for b in range(0, bands, group):
+        x = np.where(v, np.asarray(data[b:b + group], np.float64), 0.0)
+        ix = _integral(x, pad)
+        mean = _box_sums(ix, outer // 2, pad, rows, cols)
+        mean -= _box_sums(ix, inner // 2, pad, rows, cols)
+        mean *= inv
+        yield slice(b, b + mean.shape[0]), mean
 
 
 def ring_mean(data: np.ndarray, valid: np.ndarray, inner: int, outer: int) -> tuple[np.ndarray, np.ndarray]:

@@ -167,10 +167,11 @@ class ContextVAEDetector(Detector):
             feats[:bands] = core[:, ok]
         # The mean is linear: the ring mean of the pixels' components is the components of their ring mean. So
         # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
+        # (Centred after the ring mean, on the interior only: float64 integral images do not need it first.)
         flat = np.asarray(data, np.float32).reshape(bands, -1)
-        comp = (self._projection32 @ flat).reshape(k, rows, cols) - self.centre[:, None, None].astype(np.float32)
-        for band, mean in ring_mean_groups(comp, valid, *self.windows, count):
-            part = mean[(slice(None), *inner)]
+        comp = (self._projection32 @ flat).reshape(k, rows, cols)
+        for band, mean in ring_mean_groups(comp, valid, *self.windows, count, group=k):
+            part = mean[(slice(None), *inner)] - self.centre[band, None, None]
             target = feats[bands + band.start:bands + band.stop]
             if every:
                 target.reshape(part.shape)[...] = part
