@@ -14,15 +14,16 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from rasterio.windows import Window
 
-from pipeline import __version__
+from pipeline import __version__, halo
 from pipeline.batch import BatchResult, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
 from pipeline.files import make_parent
@@ -157,14 +158,7 @@ def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
         ctx = np.empty((0, info.count if context else 0), np.float32)
         rows = np.empty(0, np.int32)
         cols = np.empty(0, np.int32)
-        for window in iter_windows(ds):
-            if context is None:
-                data, valid = reader.read(window)
-            else:
-                grown, inner = with_margin(window, context[1] // 2, info.width, info.height)
-                gdata, gvalid = reader.read(grown)
-                mean = ring_mean(gdata, gvalid, *context)[0][(slice(None), *inner)]
-                data, valid = gdata[(slice(None), *inner)], gvalid[inner]
+        for window, data, valid, mean in _read_windows(path, ds, info, reader, context):
             r, c = np.nonzero(valid)
             x = data[:, r, c]
             if x.dtype.kind == "f" and x.size and np.abs(x).max() > np.finfo(np.float32).max:
@@ -196,6 +190,31 @@ def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
                "sources": json.dumps([{"path": str(path), "name": file_name(path), "digest": quick_digest(path),
                                        "valid_pixels": int(stats.count[0])}])},
     )
+
+
+def _read_windows(path: str | Path, ds: Any, info: Any, reader: WindowReader, context: tuple[int, int] | None,
+             ) -> Iterator[tuple[Window, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """A tile's windows in order: (window, data, valid, the ring means of its pixels or None without ``context``).
+
+    With ``context``, windows are read with a margin of outer // 2: by full-width row bands where they suit
+    (``halo.RowBandReader``: each tile decoded once), else each window grown and read on its own."""
+    windows = iter_windows(ds)
+    if context is None:
+        for window in windows:
+            yield (window, *reader.read(window), None)
+        return
+    margin = context[1] // 2
+    if halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
+        with halo.RowBandReader(path, windows, info.width, info.height, margin=margin) as blocks:
+            for b in blocks:
+                mean = ring_mean(b.data, b.valid, *context)[0][(slice(None), *b.inner)]
+                yield (b.window, *b.core(), mean)
+        return
+    for window in windows:
+        grown, inner = with_margin(window, margin, info.width, info.height)
+        gdata, gvalid = reader.read(grown)
+        yield window, gdata[(slice(None), *inner)], gvalid[inner], ring_mean(gdata, gvalid, *context)[0][
+            (slice(None), *inner)]
 
 
 def _dataset(pixels: np.ndarray, band_names: Sequence[str], wavelengths: Sequence[float] | None,
