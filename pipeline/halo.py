@@ -21,7 +21,17 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
-from pipeline.raster import Block, WindowReader, _put, _Stop, join_all, open_raster, start_worker, with_margin
+from pipeline.raster import (
+    Block,
+    WindowReader,
+    _put,
+    _Stop,
+    join_all,
+    open_raster,
+    pixel_major,
+    start_worker,
+    with_margin,
+)
 
 
 def row_bands(windows: Sequence[Window]) -> list[tuple[int, int, list[int]]]:
@@ -60,6 +70,13 @@ def suits(windows: Sequence[Window], margin: int, width: int, bands: int, itemsi
     return 2 * tallest * width * (bands * itemsize + 1) <= budget
 
 
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """(bands, rows, cols) arrays stacked along rows, kept in pixel-interleaved memory when they all are."""
+    if all(pixel_major(p) for p in parts):
+        return np.concatenate([p.transpose(1, 2, 0) for p in parts], axis=0).transpose(2, 0, 1)
+    return np.concatenate(parts, axis=1)
+
+
 class RowBandReader:
     """Blocks of ``windows`` grown by ``margin`` (clipped to the raster), read one full-width row band at a time in
     a background thread; the same ``Block`` objects, in the same order, as ``raster.BlockReader`` gives."""
@@ -76,11 +93,28 @@ class RowBandReader:
         self._workers: list[threading.Thread] = []
 
     def _read_band(self, reader: WindowReader, k: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """Row band ``k`` at full width: (first row, data (bands, rows, width), valid (rows, width)), new arrays
-        (read without a buffer)."""
-        row, h, _ = self.bands[k]
-        data, valid = reader.read(Window(0, row, self.size[0], h))
-        return row, data, valid
+        """Row band ``k`` at full width: (first row, data (bands, rows, width), valid (rows, width)), new arrays.
+
+        Where every window of the band is one tile the reader decodes directly (``tiffdecode``), the tiles are
+        decoded one by one into pixel-interleaved memory (data is then a (bands, rows, width) view of it, see
+        ``raster.pixel_major``); else the band is read through GDAL in one call."""
+        row, h, members = self.bands[k]
+        width = self.size[0]
+        tiles = reader.tiles
+        if tiles is None or any(tiles.index(self.windows[i]) is None for i in members) or \
+                sum(int(self.windows[i].width) for i in members) != width:
+            data, valid = reader.read(Window(0, row, width, h))
+            return row, data, valid
+        count = reader.ds.count
+        memory = np.empty((h, width, count), tiles.dtype)
+        valid = np.empty((h, width), bool)
+        for i in members:
+            w = self.windows[i]
+            c0, c1 = int(w.col_off), int(w.col_off) + int(w.width)
+            d, v = reader.read(w, self._tile_buffer)
+            memory[:, c0:c1] = d.transpose(1, 2, 0) if pixel_major(d) else np.moveaxis(d, 0, -1)
+            valid[:, c0:c1] = v
+        return row, memory.transpose(2, 0, 1), valid
 
     def _blocks(self, reader: WindowReader) -> Iterator[Block]:
         m, (width, height) = self.margin, self.size
@@ -92,7 +126,7 @@ class RowBandReader:
             if below is not None:  # only the rows a margin reaches
                 parts.append((below[0], below[1][:, :m], below[2][:m]))
             top = parts[0][0]
-            data = np.concatenate([p[1] for p in parts], axis=1) if len(parts) > 1 else parts[0][1]
+            data = _stack([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
             valid = np.concatenate([p[2] for p in parts], axis=0) if len(parts) > 1 else parts[0][2]
             for i in self.bands[k][2]:
                 grown, inner = with_margin(self.windows[i], m, width, height)
@@ -108,7 +142,9 @@ class RowBandReader:
 
     def _work(self) -> None:
         try:
-            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, direct=False)) as reader:
+            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds)) as reader:
+                self._tile_buffer = (np.empty(reader.tiles.tile_elements, reader.tiles.dtype)
+                                     if reader.tiles is not None else None)
                 for block in self._blocks(reader):
                     _put(self._ready, block, self._stop)
             _put(self._ready, None, self._stop)

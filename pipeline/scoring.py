@@ -275,4 +275,6 @@ def pad_to_halo(block: Block, halo: int) -> tuple[np.ndarray, np.ndarray]:
     """A block's data and validity with exactly ``halo`` pixels of margin per side (invalid beyond the raster)."""
     (r, c), (rows, cols) = block.inner, block.valid.shape
     pads = ((halo - r.start, halo - (rows - r.stop)), (halo - c.start, halo - (cols - c.stop)))
+    if not any(any(p) for p in pads):  # an interior block has its full margin already: no copy (layout kept)
+        return block.data, block.valid
     return np.pad(block.data, ((0, 0), *pads)), np.pad(block.valid, pads)

@@ -27,6 +27,7 @@ from pipeline.detectors.base import Detector
 from pipeline.detectors.vae import VAEDetector
 from pipeline.errors import ConfigError, ModelError
 from pipeline.neighbourhood import check_windows, ring_counts, ring_mean_groups
+from pipeline.raster import pixel_major
 
 #: Sample ring means used to find the principal components (at most).
 PCA_PIXELS = 50_000
@@ -149,8 +150,10 @@ class ContextVAEDetector(Detector):
                          "score a raster with `rsvae score`")
 
     def features(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Band-major features (bands + components, n) of the interior pixels of a block read with ``halo`` pixels
-        of margin, and which interior pixels they are (rows - 2·halo, cols - 2·halo): valid, with a valid ring."""
+        """Features (bands + components, n) of the interior pixels of a block read with ``halo`` pixels of margin,
+        and which interior pixels they are (rows - 2·halo, cols - 2·halo): valid, with a valid ring. For a
+        pixel-interleaved block (``raster.pixel_major``) the features are a view of pixel-interleaved memory too
+        (``.T`` is (n, features), C-contiguous), so no copy ever transposes a block."""
         h = self.halo
         count = ring_counts(valid, *self.windows)
         inner = (slice(h, data.shape[1] - h), slice(h, data.shape[2] - h))
@@ -159,7 +162,8 @@ class ContextVAEDetector(Detector):
         k = self.projection.shape[1]
         every = bool(ok.all())  # the usual case: slices instead of gathers
         n = ok.size if every else int(ok.sum())
-        feats = np.empty((bands + k, n), np.float32)
+        layout_rows = pixel_major(data)
+        feats = np.empty((n, bands + k), np.float32).T if layout_rows else np.empty((bands + k, n), np.float32)
         core = data[(slice(None), *inner)]
         if every:
             feats[:bands].reshape(core.shape)[...] = core
@@ -168,8 +172,11 @@ class ContextVAEDetector(Detector):
         # The mean is linear: the ring mean of the pixels' components is the components of their ring mean. So
         # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
         # (Centred after the ring mean, on the interior only: float64 integral images do not need it first.)
-        flat = np.asarray(data, np.float32).reshape(bands, -1)
-        comp = (self._projection32 @ flat).reshape(k, rows, cols)
+        if layout_rows:  # (rows, cols, bands) memory: project the pixels as rows, no transposed copy
+            pixels = np.asarray(data.transpose(1, 2, 0), np.float32).reshape(-1, bands)
+            comp = (pixels @ self._projection32.T).T.reshape(k, rows, cols)
+        else:
+            comp = (self._projection32 @ np.asarray(data, np.float32).reshape(bands, -1)).reshape(k, rows, cols)
         for band, mean in ring_mean_groups(comp, valid, *self.windows, count, group=k):
             part = mean[(slice(None), *inner)] - self.centre[band, None, None]
             target = feats[bands + band.start:bands + band.stop]
@@ -189,7 +196,8 @@ class ContextVAEDetector(Detector):
         feats, ok = self.features(data, valid)
         out = {k: np.full(ok.shape, np.nan, np.float32) for k in self.outputs}
         if ok.any():
-            terms = self.vae.score_bands(feats)
+            rows = feats.T
+            terms = self.vae.score(rows) if rows.flags.c_contiguous else self.vae.score_bands(feats)
             for k in self.outputs:
                 out[k][ok] = terms[k]
         return out
