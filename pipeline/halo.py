@@ -6,7 +6,8 @@ costs up to 9 tile decodes (measured: reading a 1024 x 1024 x 64 tiled deflate G
 6.5 x the CPU of reading it without). ``RowBandReader`` reads the raster one *row band* at a time instead (the rows
 of one row of windows, full width: every tile of that row decoded once), keeps the band below for the next step and
 the last ``margin`` rows of the band above, and cuts every window's grown block out of those: each tile is decoded
-once. Memory: two row bands (for a tiled file, two rows of tiles at full width) plus a strip of ``margin`` rows;
+once (by the direct tile decoder where the file allows, into pixel-interleaved memory, else through GDAL).
+Memory: two row bands (for a tiled file, two rows of tiles at full width) plus a strip of ``margin`` rows;
 blocks are views into them.
 """
 

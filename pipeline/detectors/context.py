@@ -92,7 +92,8 @@ class ContextVAEDetector(Detector):
         # a spectrum x (input units) -> its components x @ projection - centre (standardised band units)
         self.projection = np.asarray(projection, np.float64)  # (bands, components)
         self.centre = np.asarray(centre, np.float64)  # (components,)
-        self._projection32 = np.ascontiguousarray(self.projection.T, np.float32)
+        # torch's matmul, not numpy's: it keeps to the threads the CLI sets (numpy's BLAS spins its own on every core)
+        self._projection_t = torch.from_numpy(np.ascontiguousarray(self.projection.T, np.float32))
         self.meta = meta
 
     @property
@@ -173,10 +174,11 @@ class ContextVAEDetector(Detector):
         # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
         # (Centred after the ring mean, on the interior only: float64 integral images do not need it first.)
         if layout_rows:  # (rows, cols, bands) memory: project the pixels as rows, no transposed copy
-            pixels = np.asarray(data.transpose(1, 2, 0), np.float32).reshape(-1, bands)
-            comp = (pixels @ self._projection32.T).T.reshape(k, rows, cols)
+            pixels = np.ascontiguousarray(data.transpose(1, 2, 0), np.float32).reshape(-1, bands)
+            comp = (torch.from_numpy(pixels) @ self._projection_t.T).numpy().T.reshape(k, rows, cols)
         else:
-            comp = (self._projection32 @ np.asarray(data, np.float32).reshape(bands, -1)).reshape(k, rows, cols)
+            flat = np.ascontiguousarray(data, np.float32).reshape(bands, -1)
+            comp = (self._projection_t @ torch.from_numpy(flat)).numpy().reshape(k, rows, cols)
         for band, mean in ring_mean_groups(comp, valid, *self.windows, count, group=k):
             part = mean[(slice(None), *inner)] - self.centre[band, None, None]
             target = feats[bands + band.start:bands + band.stop]
