@@ -27,10 +27,15 @@ from pipeline.detectors.base import Detector
 from pipeline.detectors.vae import VAEDetector
 from pipeline.errors import ConfigError, ModelError
 from pipeline.neighbourhood import check_windows, ring_counts, ring_mean_groups
-from pipeline.raster import pixel_major
 
 #: Sample ring means used to find the principal components (at most).
 PCA_PIXELS = 50_000
+
+
+def pixel_major(data: np.ndarray) -> bool:
+    """Whether a (bands, rows, cols) block is a view of pixel-interleaved memory: ``raster.pixel_major``'s test,
+    repeated here because detectors never import the raster code."""
+    return data.ndim == 3 and data.shape[0] > 1 and data.strides[0] == data.itemsize
 
 
 class FeatureStats:
