@@ -9,7 +9,7 @@ Settings: configs/config.yaml (what `snakemake -c2` runs).
    the default threshold: how many of each test tile's 12 targets the 12 highest-ranked detections hold (a target
    is held when a detection's pixels touch one of its truth pixels), and how many detections there are.
 
-    python benchmarks/rarity_calibration.py [--workdir DIR]
+    python benchmarks/rarity_calibration.py [--workdir DIR] [--context]   # --context: the context VAE
 """
 
 from __future__ import annotations
@@ -26,13 +26,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+#: Set by --context: train the context VAE (ring means of guard 3, outer 9 recorded at ingest).
+CONTEXT = {"on": False}
+
+
 def _train(normal: list[Path], folder: Path) -> Path:
     from pipeline.config import load_config
     from pipeline.sample import ingest
     from pipeline.training import train
 
     config = load_config(ROOT / "configs" / "config.yaml")  # the workflow's settings: "the default demo"
-    sample = ingest(normal, folder / "sample.nc", max_pixels=config["ingest"]["max_pixels"], seed=0)
+    if CONTEXT["on"]:
+        config["ingest"]["context"] = config["ingest"]["context"] or [3, 9]
+        config["train"]["context"] = "ring"
+    sample = ingest(normal, folder / "sample.nc", max_pixels=config["ingest"]["max_pixels"], seed=0,
+                    context=config["ingest"]["context"])
     train(sample, folder / "model", config["train"], config=config)
     return folder / "model"
 
@@ -104,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run both checks; exit status 0 when both hold."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, help="Keep the files here (default: a temporary folder).")
+    parser.add_argument("--context", action="store_true", help="Check the context VAE (train.context: ring).")
     args = parser.parse_args(argv)
+    CONTEXT["on"] = args.context
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

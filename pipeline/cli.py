@@ -178,6 +178,9 @@ def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> Non
 @click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
 @click.option("--partial", is_flag=True,
               help="Write per-tile partial samples, for `rsvae merge` (the workflow's ingest jobs).")
+@click.option("--context", callback=lambda ctx, param, value: _ints(ctx, param, value),
+              help="Also record each sampled pixel's ring mean, guard,outer window (e.g. 3,9), for "
+                   "`rsvae train --context ring`.  [default: none]")
 @common
 def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, partial: bool, config_path: str | None,
            quiet: bool, **opts: Any) -> None:
@@ -188,6 +191,7 @@ def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, parti
       rsvae ingest demo/normal/*.tif -o work/sample.nc --seed 0
       rsvae ingest demo/normal/normal_000.tif --partial -o work/parts/normal_000.nc
       rsvae ingest demo/normal/*.tif --partial --outdir work/parts
+      rsvae ingest demo/normal/*.tif -o work/sample-ctx.nc --context 3,9
     """
     from pipeline import sample
     from pipeline.raster import describe
@@ -198,14 +202,15 @@ def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, parti
             raise click.UsageError("give -o FILE (--outdir goes with --partial)")
     elif one_or_many(tiles, output, outdir, {}, {}):
         sample.partial_tiles(tiles, outdir, s["max_pixels"], s["seed"],
-                             on_done=tile_reporter(quiet, lambda path: f"wrote {path}")).check()
+                             on_done=tile_reporter(quiet, lambda path: f"wrote {path}"), context=s["context"]).check()
         return
     total = sum(info.width * info.height for info in map(describe, tiles))
     with pixel_bar(total, quiet, "ingest") as bar:
         if partial:
-            sample.write_sample(sample.sample_tile(tiles[0], s["max_pixels"], s["seed"], bar), output)
+            sample.write_sample(sample.sample_tile(tiles[0], s["max_pixels"], s["seed"], bar, s["context"]), output)
         else:
-            sample.ingest(tiles, output, max_pixels=s["max_pixels"], seed=s["seed"], progress=bar)
+            sample.ingest(tiles, output, max_pixels=s["max_pixels"], seed=s["seed"], progress=bar,
+                          context=s["context"])
     say(quiet, f"wrote {output}")
 
 
@@ -244,6 +249,9 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.argument("sample_file", metavar="SAMPLE", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model folder to write.")
 @click.option("--method", type=click.Choice(["vae", "rx", "lrx"]), help="Detector.  [default: vae]")
+@click.option("--context", type=click.Choice(["none", "ring"]),
+              help="none: the per-pixel VAE; ring: the context VAE (needs a sample ingested with --context).  "
+                   "[default: none]")
 @click.option("--preset", type=click.Choice(["default", "seed"]),
               help="Named architecture; 'seed' is the textbook VAE (hidden 32, latent 32, BCE).")
 @click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 128]")
@@ -279,6 +287,7 @@ def train(sample_file: str, output: str, config_path: str | None, quiet: bool, *
       rsvae train work/sample.nc -o work/model-seed --preset seed
       rsvae train work/sample.nc -o work/rx --method rx
       rsvae train work/sample.nc -o work/lrx --method lrx --inner-window 3 --outer-window 15
+      rsvae train work/sample-ctx.nc -o work/model-ctx --context ring
     """
     from tqdm import tqdm
 

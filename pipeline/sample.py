@@ -14,19 +14,29 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from rasterio.windows import Window
 
-from pipeline import __version__
+from pipeline import __version__, halo
 from pipeline.batch import BatchResult, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
 from pipeline.files import make_parent
-from pipeline.raster import WindowReader, file_name, info_of, is_dataset_name, iter_windows, open_raster
+from pipeline.neighbourhood import check_windows, ring_mean
+from pipeline.raster import (
+    WindowReader,
+    file_name,
+    info_of,
+    is_dataset_name,
+    iter_windows,
+    open_raster,
+    with_margin,
+)
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 
@@ -83,13 +93,17 @@ class BandStats:
 
 @dataclass
 class Sample:
-    """A loaded sample: pixels (n, bands) float32, their origin, band names and wavelengths, band statistics."""
+    """A loaded sample: pixels (n, bands) float32, their origin, band names and wavelengths, band statistics, and
+    where the sample recorded it, each pixel's ring mean ``context`` (n, bands; NaN: no valid ring pixel) with its
+    ``windows`` (guard, outer)."""
 
     pixels: np.ndarray
     band_names: list[str]
     wavelengths: list[float] | None
     stats: BandStats
     attrs: dict[str, Any]
+    context: np.ndarray | None = None
+    windows: tuple[int, int] | None = None
 
     @property
     def bands(self) -> int:
@@ -121,19 +135,30 @@ def quick_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
-                progress: Callable[[int], None] | None = None) -> xr.Dataset:
-    """Reduce one tile to a partial sample: up to ``max_pixels`` valid pixels and band statistics over all."""
+                progress: Callable[[int], None] | None = None,
+                context: Sequence[int] | None = None) -> xr.Dataset:
+    """Reduce one tile to a partial sample: up to ``max_pixels`` valid pixels and band statistics over all.
+
+    With ``context`` (guard, outer window), each sampled pixel's ring mean (``neighbourhood.ring_mean``, computed
+    on windows read with a margin, as the streaming scorer does) is recorded too, for context-aware models.
+    """
     rng = _tile_rng(seed, path)
+    if context is not None:
+        context = (int(context[0]), int(context[1]))
+        try:
+            check_windows(*context, "ingest.context")
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     with open_raster(path) as ds:
         info = info_of(ds)
-        reader = WindowReader(ds)
+        reader = WindowReader(ds, direct=context is None)
         stats = BandStats.empty(info.count)
         keys = np.empty(0)
         pix = np.empty((0, info.count), np.float32)
+        ctx = np.empty((0, info.count if context else 0), np.float32)
         rows = np.empty(0, np.int32)
         cols = np.empty(0, np.int32)
-        for window in iter_windows(ds):
-            data, valid = reader.read(window)
+        for window, data, valid, mean in _read_windows(path, ds, info, reader, context):
             r, c = np.nonzero(valid)
             x = data[:, r, c]
             if x.dtype.kind == "f" and x.size and np.abs(x).max() > np.finfo(np.float32).max:
@@ -143,11 +168,15 @@ def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
             k = rng.random(r.size)
             keys = np.concatenate([keys, k])
             pix = np.concatenate([pix, x.T.astype(np.float32)])
+            if context is not None:
+                ctx = np.concatenate([ctx, mean[:, r, c].T.astype(np.float32)])
             rows = np.concatenate([rows, (r + int(window.row_off)).astype(np.int32)])
             cols = np.concatenate([cols, (c + int(window.col_off)).astype(np.int32)])
             if keys.size > 2 * max_pixels:
                 keep = np.argpartition(keys, max_pixels)[:max_pixels]
                 keys, pix, rows, cols = keys[keep], pix[keep], rows[keep], cols[keep]
+                if context is not None:
+                    ctx = ctx[keep]
             if progress:
                 progress(int(window.width * window.height))
     order = np.argsort(keys, kind="stable")[:max_pixels]
@@ -156,16 +185,41 @@ def sample_tile(path: str | Path, max_pixels: int, seed: int = 0,
     return _dataset(
         pix[order], info.band_names, info.wavelengths, stats,
         tile=np.full(order.size, file_name(path), dtype=object), row=rows[order], col=cols[order],
-        key=keys[order],
-        attrs={"partial": 1, "available": int(order.size), "seed": seed, "max_pixels": max_pixels, "crs": info.crs.to_wkt() if info.crs else "",
+        key=keys[order], context=ctx[order] if context is not None else None,
+        attrs={**({"context_windows": list(context)} if context is not None else {}), "partial": 1, "available": int(order.size), "seed": seed, "max_pixels": max_pixels, "crs": info.crs.to_wkt() if info.crs else "",
                "sources": json.dumps([{"path": str(path), "name": file_name(path), "digest": quick_digest(path),
                                        "valid_pixels": int(stats.count[0])}])},
     )
 
 
+def _read_windows(path: str | Path, ds: Any, info: Any, reader: WindowReader, context: tuple[int, int] | None,
+             ) -> Iterator[tuple[Window, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """A tile's windows in order: (window, data, valid, the ring means of its pixels or None without ``context``).
+
+    With ``context``, windows are read with a margin of outer // 2: by full-width row bands where they suit
+    (``halo.RowBandReader``: each tile decoded once), else each window grown and read on its own."""
+    windows = iter_windows(ds)
+    if context is None:
+        for window in windows:
+            yield (window, *reader.read(window), None)
+        return
+    margin = context[1] // 2
+    if halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
+        with halo.RowBandReader(path, windows, info.width, info.height, margin=margin) as blocks:
+            for b in blocks:
+                mean = ring_mean(b.data, b.valid, *context)[0][(slice(None), *b.inner)]
+                yield (b.window, *b.core(), mean)
+        return
+    for window in windows:
+        grown, inner = with_margin(window, margin, info.width, info.height)
+        gdata, gvalid = reader.read(grown)
+        yield window, gdata[(slice(None), *inner)], gvalid[inner], ring_mean(gdata, gvalid, *context)[0][
+            (slice(None), *inner)]
+
+
 def _dataset(pixels: np.ndarray, band_names: Sequence[str], wavelengths: Sequence[float] | None,
              stats: BandStats, *, tile: np.ndarray, row: np.ndarray, col: np.ndarray, key: np.ndarray | None,
-             attrs: dict[str, Any]) -> xr.Dataset:
+             attrs: dict[str, Any], context: np.ndarray | None = None) -> xr.Dataset:
     data_vars: dict[str, Any] = {
         "pixels": (("sample", "band"), pixels),
         "tile": ("sample", tile.astype(str)),
@@ -175,6 +229,8 @@ def _dataset(pixels: np.ndarray, band_names: Sequence[str], wavelengths: Sequenc
     }
     if key is not None:
         data_vars["key"] = ("sample", key)
+    if context is not None:
+        data_vars["context"] = (("sample", "band"), context)
     wl = np.asarray(wavelengths, float) if wavelengths is not None else np.full(len(band_names), np.nan)
     coords = {"band": list(band_names), "wavelength": ("band", wl)}
     return xr.Dataset(data_vars, coords=coords,
@@ -217,6 +273,9 @@ def merge_samples(partials: Sequence[xr.Dataset], max_pixels: int) -> xr.Dataset
         name = json.loads(p.attrs["sources"])[0]["path"]
         if p.sizes["band"] != first.sizes["band"]:
             raise InputError(f"{name}: has {p.sizes['band']} bands but the other tiles have {first.sizes['band']}")
+        if _windows(p) != _windows(first):
+            raise InputError(f"{name}: its partial sample's context windows {_windows(p)} differ from the first "
+                             f"tile's {_windows(first)}; ingest all tiles with the same ingest.context")
         if p.attrs.get("crs", "") != first.attrs.get("crs", ""):
             raise InputError(f"{name}: its CRS differs from the first tile's; reproject the tiles to one CRS")
         stats.merge(BandStats.from_dataset(p))
@@ -226,14 +285,23 @@ def merge_samples(partials: Sequence[xr.Dataset], max_pixels: int) -> xr.Dataset
         parts.append(p.isel(sample=slice(0, n)))
     if stats.count.max() == 0:
         raise InputError(f"no valid pixels in {len(partials)} tile(s): every pixel is nodata, NaN or masked")
-    merged = xr.concat([p[["pixels", "tile", "row", "col"]] for p in parts], dim="sample")
+    names = ["pixels", "tile", "row", "col"] + (["context"] if _windows(first) else [])
+    merged = xr.concat([p[names] for p in parts], dim="sample")
+    windows = _windows(first)
     return _dataset(
         merged["pixels"].values, list(first["band"].values),
         None if np.isnan(first["wavelength"].values).any() else list(first["wavelength"].values),
         stats, tile=merged["tile"].values, row=merged["row"].values, col=merged["col"].values, key=None,
-        attrs={"partial": 0, "seed": first.attrs["seed"], "max_pixels": max_pixels, "crs": first.attrs["crs"],
+        context=merged["context"].values if windows else None,
+        attrs={**({"context_windows": list(windows)} if windows else {}), "partial": 0, "seed": first.attrs["seed"], "max_pixels": max_pixels, "crs": first.attrs["crs"],
                "sources": json.dumps(sources)},
     )
+
+
+def _windows(ds: xr.Dataset) -> tuple[int, int] | None:
+    """The (guard, outer) windows of the ring means a sample or partial records, or None."""
+    w = ds.attrs.get("context_windows")
+    return None if w is None or "context" not in ds else (int(np.ravel(w)[0]), int(np.ravel(w)[1]))
 
 
 def write_sample(ds: xr.Dataset, path: str | Path) -> Path:
@@ -285,30 +353,33 @@ def load_sample(path: str | Path) -> Sample:
         wavelengths=None if np.isnan(wl).any() else [float(w) for w in wl],
         stats=BandStats.from_dataset(ds),
         attrs=dict(ds.attrs),
+        context=np.ascontiguousarray(ds["context"].values, dtype=np.float32) if _windows(ds) else None,
+        windows=_windows(ds),
     )
 
 
 def partial_tiles(paths: Sequence[str | Path], outdir: str | Path, max_pixels: int, seed: int = 0,
-                  on_done: Callable[[TileOutcome], None] | None = None) -> BatchResult:
+                  on_done: Callable[[TileOutcome], None] | None = None,
+                  context: Sequence[int] | None = None) -> BatchResult:
     """One partial sample per tile, ``outdir/NAME.nc``, in one process (the workflow's ingest batches); a bad
     tile is recorded and the others go on (``pipeline.batch.run_tiles``)."""
     jobs = plan_outputs(paths, {"part": outdir}, suffix=".nc")
-    return run_tiles(jobs, lambda job: write_sample(sample_tile(job.tile, max_pixels, seed), job.outputs["part"]),
-                     on_done)
+    return run_tiles(jobs, lambda job: write_sample(sample_tile(job.tile, max_pixels, seed, context=context),
+                                                    job.outputs["part"]), on_done)
 
 
 def ingest(paths: Sequence[str | Path], out: str | Path, *, max_pixels: int = 200_000, seed: int = 0,
-           progress: Callable[[int], None] | None = None) -> Path:
+           progress: Callable[[int], None] | None = None, context: Sequence[int] | None = None) -> Path:
     """Sample valid pixels of the normal tiles ``paths`` into one sample file at ``out``.
 
     Memory stays bounded: each tile's partial holds at most ``max_pixels`` pixels, and only the fair share of
-    each partial is kept.
+    each partial is kept. ``context`` (guard, outer): also record each sampled pixel's ring mean (``sample_tile``).
     """
     if not paths:
         raise InputError("no tiles given to ingest")
     parts: list[xr.Dataset] = []
     for p in paths:
-        parts.append(sample_tile(p, max_pixels, seed, progress))
+        parts.append(sample_tile(p, max_pixels, seed, progress, context))
         # Adding tiles only lowers the water level, so no tile will ever get more than the current level + 1:
         # trimming to that keeps the result exact and memory near max_pixels.
         cap = _level([int(x.attrs["available"]) for x in parts], max_pixels) + 1

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import halo
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, RsvaeWarning
 from pipeline.raster import (
@@ -135,8 +136,13 @@ def score_raster(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
             margin = int(getattr(detector, "halo", 0) or 0)
-            blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
-                                                     threads=readers))
+            if margin and halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
+                # each tile decoded once, not once per neighbouring window (pipeline/halo.py)
+                blocks = stack.enter_context(halo.RowBandReader(tile, windows, info.width, info.height,
+                                                                margin=margin))
+            else:
+                blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
+                                                         threads=readers))
             sink = stack.enter_context(BlockWriter(writers))
             for block in blocks:
                 scores, valid = score_block(detector, block, nodata, options, rarity)
@@ -274,4 +280,6 @@ def pad_to_halo(block: Block, halo: int) -> tuple[np.ndarray, np.ndarray]:
     """A block's data and validity with exactly ``halo`` pixels of margin per side (invalid beyond the raster)."""
     (r, c), (rows, cols) = block.inner, block.valid.shape
     pads = ((halo - r.start, halo - (rows - r.stop)), (halo - c.start, halo - (cols - c.stop)))
+    if not any(any(p) for p in pads):  # an interior block has its full margin already: no copy (layout kept)
+        return block.data, block.valid
     return np.pad(block.data, ((0, 0), *pads)), np.pad(block.valid, pads)

@@ -21,7 +21,8 @@ def train(sample_path: str | Path, out: str | Path, settings: dict[str, Any],
     ``settings`` is the config's ``train`` section; ``config`` (the whole config) is recorded in model.json.
     """
     sample = load_sample(sample_path)
-    det = fit_detector(settings["method"], sample.pixels, sample.band_names, sample.stats, settings, progress)
+    det = fit_detector(settings["method"], sample.pixels, sample.band_names, sample.stats, settings, progress,
+                       context=sample.context, windows=sample.windows)
     # The config as run: the file's sections with the train section that was used (command-line included).
     recorded = dict(config or {}, train=settings)
     det.meta.update({

@@ -70,6 +70,9 @@ def start(config: dict[str, Any], sources: Sequence[str | Path] = ()) -> Plan:
     try:
         checked = validate(config, source)
         try:
+            if checked["train"]["context"] != "none" and not checked["ingest"]["context"]:
+                raise ConfigError(f"train.context: {checked['train']['context']} needs the sample's ring means; "
+                                  "set ingest.context (e.g. [3, 9])")
             return plan(checked)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None

@@ -89,6 +89,8 @@ def test_start_stops_with_the_key_and_the_config_files():
         wf.start({"train": {"epochs": "x"}}, ["my.yaml"])
     with pytest.raises(WorkflowError, match="normal: '/nonexistent/.*' matches no file"):
         wf.start({"demo": False, "normal": ["/nonexistent/*.tif"]})
+    with pytest.raises(WorkflowError, match=r"train.context: ring needs .* set ingest.context"):
+        wf.start({"train": {"context": "ring"}})
 
 
 def test_tiles_are_batched_by_sorted_name():

@@ -10,19 +10,30 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.detectors.base import WEIGHTS, Detector, file_digest, read_model_folder
+from pipeline.detectors.context import ContextVAEDetector
 from pipeline.detectors.rx import LRXDetector, RXDetector
 from pipeline.detectors.vae import VAEDetector
 from pipeline.errors import ConfigError, ModelError
 
 #: Detector classes by the name ``train.method`` and ``model.json``'s ``detector`` use.
-DETECTORS: dict[str, type[Detector]] = {"vae": VAEDetector, "rx": RXDetector, "lrx": LRXDetector}
+DETECTORS: dict[str, type[Detector]] = {"vae": VAEDetector, "rx": RXDetector, "lrx": LRXDetector,
+                                        "context-vae": ContextVAEDetector}
+#: What ``train.method`` may name (the context VAE is ``method: vae`` with ``context: ring``).
+METHODS = ("vae", "rx", "lrx")
 
 
 def fit_detector(method: str, pixels: Any, band_names: list[str], stats: Any, settings: dict[str, Any],
-                 progress: Callable[[dict[str, float]], None] | None = None) -> Detector:
-    """Fit the detector named ``method`` on normal ``pixels`` (n, bands)."""
-    if method not in DETECTORS:
-        raise ConfigError(f"train.method: unknown method {method!r} (known: {', '.join(DETECTORS)})")
+                 progress: Callable[[dict[str, float]], None] | None = None, *, context: Any = None,
+                 windows: tuple[int, int] | None = None) -> Detector:
+    """Fit the detector named ``method`` on normal ``pixels`` (n, bands); with ``settings['context']`` = ring,
+    the context VAE on the pixels and their ring means ``context`` (recorded at ingest with ``windows``)."""
+    if method not in METHODS:
+        raise ConfigError(f"train.method: unknown method {method!r} (known: {', '.join(METHODS)})")
+    if settings.get("context", "none") != "none":
+        if method != "vae":
+            raise ConfigError(f"train.context: {settings['context']} works with method vae, not {method}")
+        return ContextVAEDetector.fit(pixels, band_names, stats, settings, progress, context=context,
+                                      windows=windows)
     return DETECTORS[method].fit(pixels, band_names, stats, settings, progress)
 
 
@@ -37,4 +48,4 @@ def load_detector(folder: str | Path, device: str = "cpu") -> Detector:
     return det
 
 
-__all__ = ["DETECTORS", "Detector", "LRXDetector", "RXDetector", "VAEDetector", "fit_detector", "load_detector"]
+__all__ = ["DETECTORS", "ContextVAEDetector", "Detector", "LRXDetector", "RXDetector", "VAEDetector", "fit_detector", "load_detector"]

@@ -1,0 +1,239 @@
+"""The context VAE: the VAE of ``vae.py`` over a pixel's spectrum joined with a summary of its surroundings.
+
+Each pixel's input is its spectrum and the mean spectrum of its guarded ring (``neighbourhood.ring_mean``: an outer
+window minus a guard window, so a target up to the guard's size does not explain itself), the ring mean reduced to
+its ``components`` leading principal components (in the sample's standardised band units, not each rescaled) to
+keep the model small. The VAE learns the joint density of (pixel, surroundings): a spectrum that is common in the
+scene but not next to what surrounds it (an aircraft on tarmac, with the same material on roofs elsewhere) is
+explained badly. The score is the spectrum's part only (``SpectrumNoiseVAE``): the residual-Mahalanobis distance of
+the pixel's own residual, plus the KL term, so a normal pixel is not flagged for an odd ring (a target's neighbours
+would be, and targets would smear). Everything else is the per-pixel VAE's, unchanged: the trimmed second pass, and
+rarity calibrated on held-out sample pixels (with the ring means the sample recorded for them at ingest).
+
+It scores windows read with a margin (``halo`` = outer // 2), like local RX, so the streaming scorer gives every
+pixel its full ring. A pixel whose ring is cut by a mask, nodata or the raster's edge is scored against the valid
+part of its ring; one with no valid pixel in its ring is not scored (nodata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from pipeline.detectors.base import Detector
+from pipeline.detectors.vae import VAEDetector
+from pipeline.errors import ConfigError, ModelError
+from pipeline.neighbourhood import check_windows, ring_counts, ring_mean_groups
+
+#: Sample ring means used to find the principal components (at most).
+PCA_PIXELS = 50_000
+
+
+def pixel_major(data: np.ndarray) -> bool:
+    """Whether a (bands, rows, cols) block is a view of pixel-interleaved memory: ``raster.pixel_major``'s test,
+    repeated here because detectors never import the raster code."""
+    return data.ndim == 3 and data.shape[0] > 1 and data.strides[0] == data.itemsize
+
+
+class FeatureStats:
+    """Per-feature mean and standard deviation, as the VAE's normalisation reads them from ``BandStats``."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+
+
+class SpectrumNoiseVAE(VAEDetector):
+    """The VAE over (spectrum, context) whose reconstruction term is the residual Mahalanobis distance of the
+    spectrum alone: the whitening matrix has zero rows for the context features. A pixel is not scored for an
+    odd ring (a normal pixel beside a target would be, and targets would smear); the ring still shapes its
+    reconstruction and its KL term. ``spectrum_bands`` is set per model (``_spectrum_vae``)."""
+
+    spectrum_bands: ClassVar[int] = 0
+
+    def fit_noise(self, x: torch.Tensor, keep: float, ridge: float, seed: int) -> None:
+        """``VAEDetector.fit_noise`` on the spectrum's residuals, embedded with zeros for the context features."""
+        from pipeline.detectors.rx import whitening
+        from pipeline.detectors.vae import NOISE_CSTEPS, NOISE_FIT_PIXELS
+
+        b = self.spectrum_bands
+        if x.shape[0] > NOISE_FIT_PIXELS:
+            g = torch.Generator().manual_seed(seed)
+            x = x[torch.randperm(x.shape[0], generator=g)[:NOISE_FIT_PIXELS].to(x.device)]
+        r = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], 65536):
+                xb = x[i:i + 65536]
+                r.append((xb - self.module.decode(self.module.encode(xb)[0]))[:, :b].double().cpu().numpy())
+        res = np.concatenate(r)
+        dist = np.square(res).sum(axis=1)
+        for _ in range(1 + NOISE_CSTEPS):
+            sel = res[dist <= np.quantile(dist, keep)]
+            mean = sel.mean(axis=0)
+            w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(b, b), ridge)
+            dist = np.square((res - mean) @ w).sum(axis=1)
+        features = x.shape[1]
+        self.set_noise((np.pad(mean, (0, features - b)), np.pad(w, ((0, features - b), (0, 0)))))
+
+
+def _spectrum_vae(bands: int) -> type[SpectrumNoiseVAE]:
+    """The ``SpectrumNoiseVAE`` class for ``bands`` spectrum bands (``VAEDetector.fit`` builds ``cls(...)``)."""
+    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"spectrum_bands": bands})
+
+
+class ContextVAEDetector(Detector):
+    """A VAE over (spectrum, leading components of the guarded-ring mean spectrum); scores blocks with a halo."""
+
+    kind: ClassVar[str] = "context-vae"
+    outputs: ClassVar[tuple[str, ...]] = VAEDetector.outputs
+
+    def __init__(self, vae: VAEDetector, band_names: list[str], windows: tuple[int, int], projection: np.ndarray,
+                 centre: np.ndarray, meta: dict[str, Any]):
+        self.vae = vae
+        self.band_names = list(band_names)
+        self.windows = (int(windows[0]), int(windows[1]))
+        # a spectrum x (input units) -> its components x @ projection - centre (standardised band units)
+        self.projection = np.asarray(projection, np.float64)  # (bands, components)
+        self.centre = np.asarray(centre, np.float64)  # (components,)
+        # torch's matmul, not numpy's: it keeps to the threads the CLI sets (numpy's BLAS spins its own on every core)
+        self._projection_t = torch.from_numpy(np.ascontiguousarray(self.projection.T, np.float32))
+        self.meta = meta
+
+    @property
+    def halo(self) -> int:
+        """Pixels of context needed on every side of a window: half the outer window."""
+        return self.windows[1] // 2
+
+    # ---- fitting
+    @classmethod
+    def fit(cls, pixels: np.ndarray, band_names: list[str], stats: Any, settings: dict[str, Any],
+            progress: Callable[[dict[str, float]], None] | None = None, *,
+            context: np.ndarray | None = None, windows: tuple[int, int] | None = None) -> ContextVAEDetector:
+        """Train on sample ``pixels`` (n, bands) and their ring means ``context`` (n, bands), recorded at ingest
+        with ``windows`` (guard, outer); ``settings`` is the config's ``train`` section."""
+        if context is None or windows is None:
+            raise ConfigError("train.context: ring needs a sample that records each pixel's neighbourhood; "
+                              "ingest with ingest.context set (e.g. [3, 9])")
+        pixels, context = np.asarray(pixels), np.asarray(context)
+        keep = np.isfinite(context).all(axis=1)  # pixels with no valid ring pixel are never scored
+        pixels, context = pixels[keep], context[keep]
+        bands = pixels.shape[1]
+        offset = np.asarray(stats.mean, np.float64)
+        std = np.asarray(stats.std, np.float64)
+        scale = np.where(np.isfinite(std) & (std > 1e-12 * np.maximum(np.abs(offset), 1.0)), std, 1.0)
+        k = max(1, min(int(settings["context_components"]), bands))
+        z = (context.astype(np.float64) - offset) / scale
+        if z.shape[0] > PCA_PIXELS:
+            z_fit = z[np.random.default_rng(int(settings["seed"])).choice(z.shape[0], PCA_PIXELS, replace=False)]
+        else:
+            z_fit = z
+        z_fit = z_fit - z_fit.mean(axis=0)
+        basis = np.linalg.svd(z_fit, full_matrices=False)[2][:k].T  # (bands, k)
+        if basis.shape[1] < k:  # fewer sample pixels than components
+            basis = np.pad(basis, ((0, 0), (0, k - basis.shape[1])))
+        projection, centre = basis / scale[:, None], (offset / scale) @ basis
+        feats = np.concatenate([pixels.astype(np.float64), z @ basis], axis=1)
+        # The components stay in standardised band units (scale 1), not each scaled to unit variance: the ring
+        # mean keeps its geometry, and weak components do not weigh as much as strong ones (that lost 0.012 of
+        # mean ROC AUC on the dev scenes).
+        fstats = FeatureStats(np.concatenate([offset, feats[:, bands:].mean(axis=0)]),
+                              np.concatenate([std, np.ones(k)]))
+        names = list(band_names) + [f"context_{i + 1}" for i in range(k)]
+        if dict(settings).get("preset") or settings["reconstruction"] != "gaussian" or settings["noise"] != "residual":
+            raise ConfigError("train.context: ring works with the default Gaussian reconstruction term and "
+                              "noise: residual (no preset)")
+        vae = _spectrum_vae(bands).fit(feats.astype(np.float32), names, fstats, settings, progress)
+        meta = dict(vae.meta, context={"windows": list(windows), "components": k, "n_fit": int(keep.sum()),
+                                       "dropped_no_ring": int((~keep).sum())})
+        return cls(vae, band_names, windows, projection, centre, meta)
+
+    # ---- scoring
+    def score(self, pixels: np.ndarray, **_: Any) -> dict[str, np.ndarray]:
+        """Loose pixels cannot be scored: the model needs each pixel's neighbours (use ``score_block``)."""
+        raise ModelError("the context VAE scores windows with their neighbourhood, not loose pixels; "
+                         "score a raster with `rsvae score`")
+
+    def features(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features (bands + components, n) of the interior pixels of a block read with ``halo`` pixels of margin,
+        and which interior pixels they are (rows - 2·halo, cols - 2·halo): valid, with a valid ring. For a
+        pixel-interleaved block (``raster.pixel_major``) the features are a view of pixel-interleaved memory too
+        (``.T`` is (n, features), C-contiguous), so no copy ever transposes a block."""
+        h = self.halo
+        count = ring_counts(valid, *self.windows)
+        inner = (slice(h, data.shape[1] - h), slice(h, data.shape[2] - h))
+        ok = valid[inner] & (count[inner] > 0)
+        bands, rows, cols = data.shape
+        k = self.projection.shape[1]
+        every = bool(ok.all())  # the usual case: slices instead of gathers
+        n = ok.size if every else int(ok.sum())
+        layout_rows = pixel_major(data)
+        feats = np.empty((n, bands + k), np.float32).T if layout_rows else np.empty((bands + k, n), np.float32)
+        core = data[(slice(None), *inner)]
+        if every:
+            feats[:bands].reshape(core.shape)[...] = core
+        else:
+            feats[:bands] = core[:, ok]
+        # The mean is linear: the ring mean of the pixels' components is the components of their ring mean. So
+        # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
+        # (Centred after the ring mean, on the interior only: float64 integral images do not need it first.)
+        if layout_rows:  # (rows, cols, bands) memory: project the pixels as rows, no transposed copy
+            pixels = np.ascontiguousarray(data.transpose(1, 2, 0), np.float32).reshape(-1, bands)
+            comp = (torch.from_numpy(pixels) @ self._projection_t.T).numpy().T.reshape(k, rows, cols)
+        else:
+            flat = np.ascontiguousarray(data, np.float32).reshape(bands, -1)
+            comp = (self._projection_t @ torch.from_numpy(flat)).numpy().reshape(k, rows, cols)
+        for band, mean in ring_mean_groups(comp, valid, *self.windows, count, group=k):
+            part = mean[(slice(None), *inner)] - self.centre[band, None, None]
+            target = feats[bands + band.start:bands + band.stop]
+            if every:
+                target.reshape(part.shape)[...] = part
+            else:
+                target[...] = part[:, ok]
+        return feats, ok
+
+    def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Score the interior of ``data`` (bands, rows, cols), which carries ``halo`` pixels of context per side.
+
+        ``valid`` (rows, cols) marks the pixels that may be scored and serve as context; the result arrays are
+        (rows - 2·halo, cols - 2·halo), NaN where a pixel is invalid or has no valid pixel in its ring.
+        """
+        self.check_bands(data.shape[0], "input")
+        feats, ok = self.features(data, valid)
+        out = {k: np.full(ok.shape, np.nan, np.float32) for k in self.outputs}
+        if ok.any():
+            rows = feats.T
+            terms = self.vae.score(rows) if rows.flags.c_contiguous else self.vae.score_bands(feats)
+            for k in self.outputs:
+                out[k][ok] = terms[k]
+        return out
+
+    # ---- persistence
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"vae.{k}": v for k, v in self.vae.tensors().items()}
+        t["context.projection"] = torch.from_numpy(self.projection)
+        t["context.centre"] = torch.from_numpy(self.centre)
+        return t
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str,
+                   device: str = "cpu") -> ContextVAEDetector:
+        """Rebuild from a model folder's contents, checking the windows and the projection fit the bands."""
+        bands = meta["bands"]
+        try:
+            windows = tuple(int(w) for w in meta["context"]["windows"])
+            k = int(meta["context"]["components"])
+            projection = tensors["context.projection"].double().numpy()
+            centre = tensors["context.centre"].double().numpy()
+            check_windows(*windows, where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: incomplete context model ({type(exc).__name__}: {exc})") from None
+        if projection.shape != (bands, k) or centre.shape != (k,):
+            raise ModelError(f"{where}: context projection {projection.shape} does not match {bands} bands and {k} "
+                             "components")
+        inner_meta = dict(meta, bands=bands + k,
+                          band_names=list(meta["band_names"]) + [f"context_{i + 1}" for i in range(k)])
+        vae = VAEDetector.from_saved(inner_meta, {k_[len("vae."):]: v for k_, v in tensors.items()
+                                                  if k_.startswith("vae.")}, where, device)
+        return cls(vae, meta["band_names"], windows, projection, centre, meta)

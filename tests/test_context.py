@@ -1,0 +1,170 @@
+"""The context VAE and its neighbourhood statistics: ring means against brute force, ingest records them, the
+model trains, saves, loads and scores the same whole or window by window, masked pixels are nobody's context."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.config import load_config
+from pipeline.detectors import ContextVAEDetector, VAEDetector, load_detector
+from pipeline.errors import ConfigError, ModelError
+from pipeline.neighbourhood import ring_mean
+from pipeline.sample import ingest, load_sample
+from pipeline.scoring import score_raster
+from pipeline.training import train
+from tests.conftest import FAST_TRAIN, write_tif
+
+NODATA = -9999.0
+
+
+def brute_ring(data: np.ndarray, valid: np.ndarray, i: int, j: int, inner: int, outer: int):
+    """Mean and count of the valid pixels of (i, j)'s ring, one pixel at a time."""
+    total, n = np.zeros(data.shape[0]), 0
+    for a in range(i - outer // 2, i + outer // 2 + 1):
+        for b in range(j - outer // 2, j + outer // 2 + 1):
+            inside = 0 <= a < data.shape[1] and 0 <= b < data.shape[2]
+            if inside and max(abs(a - i), abs(b - j)) > inner // 2 and valid[a, b]:
+                total, n = total + data[:, a, b], n + 1
+    return (total / n if n else np.full(data.shape[0], np.nan)), n
+
+
+def test_ring_mean_equals_brute_force_with_masks_and_edges():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3, 13, 17))
+    valid = rng.random((13, 17)) > 0.3
+    data[:, ~valid] = 1e30  # invalid values must never reach anyone's mean
+    mean, count = ring_mean(data, valid, 3, 7)
+    for i in range(13):
+        for j in range(17):
+            want, n = brute_ring(data, valid, i, j, 3, 7)
+            assert count[i, j] == n
+            np.testing.assert_allclose(mean[:, i, j], want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_pixel_with_no_valid_ring_gets_nan():
+    valid = np.zeros((9, 9), bool)
+    valid[4, 4] = True
+    mean, count = ring_mean(np.ones((2, 9, 9)), valid, 3, 5)
+    assert count[4, 4] == 0 and np.isnan(mean[:, 4, 4]).all()
+
+
+def test_ring_mean_rejects_even_windows():
+    with pytest.raises(ValueError, match="odd"):
+        ring_mean(np.ones((1, 5, 5)), np.ones((5, 5), bool), 2, 5)
+
+
+def scene(size: int = 48, bands: int = 6, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Smooth fields of two materials, and a 1-pixel target whose spectrum is common elsewhere (the other
+    material) but not among its neighbours: a context anomaly."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(200, 800, bands), rng.uniform(200, 800, bands)
+    img = np.empty((bands, size, size))
+    half = size // 2
+    img[:, :, :half] = a[:, None, None]
+    img[:, :, half:] = b[:, None, None]
+    img += rng.normal(0, 5, img.shape)
+    where = (size // 3, size // 5)
+    img[:, where[0], where[1]] = b + rng.normal(0, 5, bands)
+    return img.astype(np.float32), where
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory):
+    """A 48x48 tile in 16-pixel blocks (9 windows) with a nodata pixel, its sample with ring means, a model."""
+    root = tmp_path_factory.mktemp("ctx")
+    img, where = scene()
+    img[:, 30, 5] = NODATA
+    tile = write_tif(root / "t.tif", img, nodata=NODATA, tiled=True, blockxsize=16, blockysize=16)
+    sample = ingest([tile], root / "s.nc", max_pixels=5000, seed=0, context=(3, 7))
+    settings = dict(load_config()["train"], **FAST_TRAIN, context="ring", context_components=4)
+    train(sample, root / "model", settings)
+    return img, where, tile, sample, root / "model"
+
+
+def test_ingest_records_each_sampled_pixels_ring_mean(tiled):
+    img, _, _, sample, _ = tiled
+    s = load_sample(sample)
+    import xarray as xr
+
+    with xr.open_dataset(sample, engine="h5netcdf") as ds:
+        rows, cols = ds.row.values, ds.col.values
+    valid = (img != NODATA).all(axis=0)
+    assert s.windows == (3, 7) and s.context.shape == s.pixels.shape
+    mean, _ = ring_mean(img.astype(np.float64), valid, 3, 7)  # the whole tile at once
+    np.testing.assert_allclose(s.context, mean[:, rows, cols].T, rtol=1e-6)
+
+
+def test_context_model_loads_and_scores_whole_or_in_windows_alike(tiled, tmp_path):
+    img, where, tile, _, model = tiled
+    det = load_detector(model)
+    assert isinstance(det, ContextVAEDetector) and det.halo == 3 and det.meta["calibration"]["n"] > 0
+    summary = score_raster(det, tile, tmp_path / "s.tif")
+    with rasterio.open(tmp_path / "s.tif") as ds:
+        got, nodata = ds.read(), ds.nodata
+        assert ds.descriptions == ("score", "reconstruction", "kl", "rarity")
+    valid = (img != NODATA).all(axis=0)
+    h = det.halo
+    whole = det.score_block(np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(valid, h))
+    assert got[0, 30, 5] == nodata and summary.valid_pixels == valid.sum()
+    for i, k in enumerate(det.outputs):
+        np.testing.assert_allclose(got[i][valid], whole[k][valid], rtol=1e-5, atol=1e-5)
+    # the target's spectrum is the other half's material: out of place, so it scores highest
+    assert np.unravel_index(np.argmax(np.where(valid, got[0], -np.inf)), valid.shape) == where
+
+
+def test_masked_pixels_are_nobodys_context(tiled):
+    img, _, _, _, model = tiled
+    det = load_detector(model)
+    h = det.halo
+    valid = np.pad((img != NODATA).all(axis=0), h)
+    scores = []
+    for value in (NODATA, 1e6):  # whatever an invalid pixel holds, its neighbours score the same
+        data = img.copy()
+        data[:, 30, 5] = value
+        scores.append(det.score_block(np.pad(data, ((0, 0), (h, h), (h, h))), valid)["score"])
+    np.testing.assert_array_equal(scores[0], scores[1])
+    assert np.isnan(scores[0][30, 5])
+
+
+def test_context_model_round_trip_and_no_loose_pixels(tiled, tmp_path):
+    img, _, _, _, model = tiled
+    det = load_detector(model)
+    back = load_detector(det.save(tmp_path / "again"))
+    h = det.halo
+    block, valid = np.pad(img, ((0, 0), (h, h), (h, h))), np.pad((img != NODATA).all(axis=0), h)
+    np.testing.assert_array_equal(back.score_block(block, valid)["score"], det.score_block(block, valid)["score"])
+    with pytest.raises(ModelError, match="neighbourhood"):
+        det.score(img[:, 0, :4].T)
+
+
+def test_ring_context_needs_a_sample_with_ring_means(sample_file, tmp_path):
+    settings = dict(load_config()["train"], **FAST_TRAIN, context="ring")
+    with pytest.raises(ConfigError, match="ingest.context"):
+        train(sample_file, tmp_path / "m", settings)
+
+
+def test_per_pixel_model_is_still_the_plain_vae(model_dir):
+    assert isinstance(load_detector(model_dir), VAEDetector)
+
+
+def test_cli_ingest_train_score_with_context(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    img, where = scene(size=32, bands=4)
+    tile = write_tif(tmp_path / "t.tif", img)
+    run = CliRunner().invoke
+    res = run(cli, ["ingest", str(tile), "-o", str(tmp_path / "s.nc"), "--context", "3,7", "-q"])
+    assert res.exit_code == 0, res.output
+    res = run(cli, ["train", str(tmp_path / "s.nc"), "-o", str(tmp_path / "m"), "--context", "ring", "--epochs", "3",
+                    "-q"])
+    assert res.exit_code == 0, res.output
+    res = run(cli, ["score", str(tmp_path / "m"), str(tile), "-o", str(tmp_path / "o.tif"), "-q"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert ds.count == 4 and ds.tags()["rsvae_detector"] == "context-vae"
+    res = run(cli, ["ingest", str(tile), "-o", str(tmp_path / "bad.nc"), "--context", "4,7"])
+    assert res.exit_code != 0 and "odd" in res.output and "Traceback" not in res.output
