@@ -32,7 +32,6 @@ from pipeline.files import atomic_path
 from pipeline.products import MaskRule
 from pipeline.raster import (
     GDAL_ERRORS,
-    READ_ENV,
     RasterWriter,
     _gdal_message,
     _representable,
@@ -41,6 +40,7 @@ from pipeline.raster import (
     info_of,
     is_dataset_name,
     open_raster,
+    read_env,
     tile_name,
 )
 
@@ -266,7 +266,7 @@ def _warped_xml(inp: _Input, grid: Grid, resampling: str) -> str:
     from rasterio.vrt import WarpedVRT
 
     name = inp.path if is_dataset_name(inp.path) else os.path.abspath(inp.path)
-    with rasterio.Env(**READ_ENV), rasterio.open(name) as src, \
+    with rasterio.Env(**read_env(name)), rasterio.open(name) as src, \
             WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                       resampling=Resampling[resampling]) as vrt, MemoryFile(ext=".vrt") as mem:
         copy(vrt, mem.name, driver="VRT")
@@ -475,7 +475,7 @@ def _check_vrt(path: Path, output: Path) -> None:
     """Open a written VRT (from the folder it goes to, so relative paths resolve) and read one pixel of every
     band and of its mask: a VRT GDAL cannot read is never put in place."""
     try:
-        with rasterio.Env(**READ_ENV), rasterio.open(path) as ds:
+        with rasterio.Env(**read_env(path)), rasterio.open(path) as ds:
             w = Window(0, 0, 1, 1)
             ds.read(window=w)
             ds.read_masks(1, window=w)
@@ -501,7 +501,7 @@ def _materialise(sources: Sequence[Source], inputs: dict[str, _Input], grid: Gri
     from rasterio.io import MemoryFile
 
     xml = build_vrt(sources, inputs, grid, resampling=resampling, nodata=nodata, dtype=dtype, vrt_dir=None)
-    with rasterio.Env(**READ_ENV), MemoryFile(xml.encode(), ext=".vrt") as mem, mem.open() as vrt, \
+    with rasterio.Env(**read_env(xml)), MemoryFile(xml.encode(), ext=".vrt") as mem, mem.open() as vrt, \
             _MaskReader(rules, grid) as masks, RasterWriter(
                 output, width=grid.width, height=grid.height, count=len(sources), dtype=dtype, crs=grid.crs,
                 transform=grid.transform, nodata=nodata, descriptions=[s.name for s in sources],
