@@ -111,7 +111,7 @@ def score_raster(
         options["fast"] = False
     with open_raster(tile) as ds:
         info = info_of(ds)
-        detector.check_bands(info.count, str(tile))
+        detector.check_bands(info.count, str(tile), info.descriptions)
         check_crs(detector, info, tile)
         windows = iter_windows(ds)
     nodata = output_nodata(info)
