@@ -87,6 +87,8 @@ class StackSummary:
     #: pixels each mask removed (by its label), counted on the stack's grid
     masked: dict[str, int] = field(default_factory=dict)
     product: str | None = None
+    #: what the user should know of the band choice (a hyperspectral product's dropped bands)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -418,11 +420,13 @@ def mask_path(output: str | Path) -> Path:
 def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | None = None,
           resolution: float | None = None, like: str | None = None, resampling: str = "bilinear",
           mask: str | None = None, mask_values: Sequence[int] | None = None, mask_bits: Sequence[int] | None = None,
-          quality_mask: bool = True) -> StackSummary:
+          quality_mask: bool = True, keep_all_bands: bool = False) -> StackSummary:
     """Put the bands of one scene on one grid: a VRT referencing the inputs (``.vrt``) or a COG (``.tif``).
 
     Every check (inputs readable and overlapping, bands present, masks covering) happens before anything is
-    written; outputs go through a temporary and a rename.
+    written; outputs go through a temporary and a rename. A hyperspectral product (``hyperspectral.recognise``)
+    gives its good bands outside the water-vapour windows (``keep_all_bands``: all); an EMIT or PRISMA product's
+    bands are first written as ``SCENE.cube.tif`` beside the output (removed again when the output is a .tif).
     """
     output = Path(output)
     suffix = output.suffix.lower()
@@ -436,7 +440,31 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
         raise InputError("--mask-values and --mask-bits need --mask FILE")
     if mask is not None and not (mask_values or mask_bits):
         raise InputError(f"{mask}: say which pixels it masks with --mask-values V,... or --mask-bits B,...")
-    sources, rules, sensor = plan_inputs(inputs, bands, quality_mask)
+    from pipeline import hyperspectral
+
+    notes: list[str] = []
+    hyper = hyperspectral.recognise(inputs)
+    if hyper is not None:
+        sources, rules, notes = hyperspectral.plan(hyper, output, bands, keep_all_bands, quality_mask)
+        sensor = hyper.sensor
+        if hyper.image is None and suffix != ".vrt":  # the cube is only a step towards the .tif
+            try:
+                return _stack_sources(sources, rules, sensor, notes, output, resolution=resolution, like=like,
+                                      resampling=resampling, mask=mask, mask_values=mask_values,
+                                      mask_bits=mask_bits)
+            finally:
+                hyperspectral.cube_path(output).unlink(missing_ok=True)
+    else:
+        sources, rules, sensor = plan_inputs(inputs, bands, quality_mask)
+    return _stack_sources(sources, rules, sensor, notes, output, resolution=resolution, like=like,
+                          resampling=resampling, mask=mask, mask_values=mask_values, mask_bits=mask_bits)
+
+
+def _stack_sources(sources: list[Source], rules: list[MaskRule], sensor: str | None, notes: list[str],
+                   output: Path, *, resolution: float | None, like: str | None, resampling: str, mask: str | None,
+                   mask_values: Sequence[int] | None, mask_bits: Sequence[int] | None) -> StackSummary:
+    """``stack`` once its bands and masks are known: the grid, the checks, the VRT or COG."""
+    suffix = output.suffix.lower()
     if mask is not None:
         rules.append(MaskRule(str(mask), "--mask", tuple(mask_values or ()), tuple(mask_bits or ())))
     opened = _open_inputs([s.path for s in sources])
@@ -448,7 +476,7 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
     for rule in rules:
         _check_mask_covers(rule, grid)
     dtype = _stack_dtype(opened)
-    summary = StackSummary(str(output), [s.name for s in sources], grid, product=sensor)
+    summary = StackSummary(str(output), [s.name for s in sources], grid, product=sensor, notes=notes)
     # Where an input leaves part of the grid empty (a warped input's corners, a --like grid larger than it),
     # the stack needs a nodata value so those pixels are invalid, not zeros.
     gaps = any(not _same_grid_family(i, grid) or not _covers(i, grid) for i in opened.values())
