@@ -779,6 +779,8 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @click.option("--keep-all-bands", "keep_all_bands", is_flag=True, default=None,
               help="Hyperspectral products: keep the bands the product marks bad and those in the water-vapour "
                    "windows (1340-1460, 1790-1960 nm).")
+@click.option("--swath", is_flag=True, help="EMIT: write the reflectance on the sensor's swath grid (no map "
+                                            "georeference) as the output .tif, instead of through its GLT.")
 @common
 def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_path: str | None, quiet: bool,
           **opts: Any) -> None:
@@ -805,18 +807,19 @@ def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_pat
     from pipeline.stack import stack as run
 
     like = opts.pop("like")  # per scene, so no config key
+    swath = opts.pop("swath")
     if no_mask:
         opts["quality_mask"] = False
     s, _ = settings(config_path, "stack", **opts)
     summary = run(inputs, output, bands=s["bands"], resolution=s["resolution"], like=like,
                   resampling=s["resampling"], mask=s["mask"], mask_values=s["mask_values"],
-                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"], keep_all_bands=s["keep_all_bands"])
+                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"], keep_all_bands=s["keep_all_bands"], swath=swath)
     g = summary.grid
     what = f"{summary.product} " if summary.product else ""
     names = summary.bands if len(summary.bands) <= 12 else [*summary.bands[:2], "...", summary.bands[-1]]
     count = f"{len(summary.bands)} " if len(summary.bands) > 12 else ""
     msg = (f"wrote {output}: {what}{count}bands {', '.join(names)} on {g.width} x {g.height} pixels of "
-           f"{abs(g.transform.a):g} ({g.crs.to_string()})")
+           f"{abs(g.transform.a):g} ({g.crs.to_string() if g.crs else 'no CRS'})")
     for note in summary.notes:
         msg += f"; {note}"
     for label, count in summary.masked.items():

@@ -299,22 +299,51 @@ def plan(product: Hyperspectral, output: str | Path, names: Sequence[str] | None
     return sources, list(product.quality) if quality else [], notes
 
 
-def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str | Path) -> None:
+def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str | Path,
+               swath: bool = False) -> tuple[Any, Any, int, int]:
     """Write ``bands`` of an EMIT (orthorectified through its GLT) or PRISMA product as a GeoTIFF on the
     product's map grid: band descriptions B1..., ``wavelength`` and ``fwhm`` tags in nm, the product's fill as
-    nodata. Atomic (``RasterWriter``); memory bounded by one block of rows (EMIT: one block of swath rows)."""
+    nodata. Atomic (``RasterWriter``); memory bounded by one block of rows (EMIT: one block of swath rows).
+    ``swath`` (EMIT only): on the sensor's swath grid instead, without georeference. Returns the grid written
+    (crs, transform, width, height)."""
     from pipeline.raster import RasterWriter
 
-    grid, reader = (_emit_grid(product), _emit_blocks) if product.sensor.startswith("EMIT") else (
-        _prisma_grid(product), _prisma_blocks)
+    emit = product.sensor.startswith("EMIT")
+    if swath and not emit:
+        raise InputError(f"{product.path}: --swath is for EMIT products (a {product.sensor} is on a map grid)")
+    if swath:
+        grid, reader = _swath_grid(product), _swath_blocks
+    else:
+        grid, reader = (_emit_grid(product), _emit_blocks) if emit else (_prisma_grid(product), _prisma_blocks)
     crs, transform, width, height = grid
     tags = [{"wavelength": f"{b.wavelength:g}", **({"fwhm": f"{b.fwhm:g}"} if b.fwhm == b.fwhm and b.fwhm
                                                    else {})} for b in bands]
     with RasterWriter(path, width=width, height=height, count=len(bands), dtype=product.dtype, crs=crs,
-                      transform=transform, nodata=product.nodata, descriptions=[b.name for b in bands],
+                      transform=transform if crs is not None else None, nodata=product.nodata, descriptions=[b.name for b in bands],
                       band_tags=tags, tags={"rsvae_product": f"{product.sensor} {product.path.name}"}) as w:
         for window, data in reader(product, bands, width, height, Path(path).resolve().parent):
             w.write(data, window)
+    return grid
+
+
+def _swath_grid(product: Hyperspectral) -> tuple[Any, Any, int, int]:
+    from rasterio.transform import Affine
+
+    with _h5(product.path) as f:
+        rows, cols, _ = f["reflectance"].shape
+    return None, Affine.identity(), int(cols), int(rows)
+
+
+def _swath_blocks(product: Hyperspectral, bands: Sequence[SpectralBand], width: int, height: int, scratch: Path):
+    """(window, block) of EMIT reflectance as the sensor saw it (downtrack rows, crosstrack columns)."""
+    from rasterio.windows import Window
+
+    sel = np.array([b.index - 1 for b in bands])
+    with _h5(product.path) as f:
+        refl = f["reflectance"]
+        for r0 in range(0, height, CUBE_ROWS):
+            r1 = min(height, r0 + CUBE_ROWS)
+            yield Window(0, r0, width, r1 - r0), np.ascontiguousarray(refl[r0:r1][:, :, sel].transpose(2, 0, 1))
 
 
 def _emit_grid(product: Hyperspectral) -> tuple[Any, Any, int, int]:

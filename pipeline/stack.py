@@ -420,13 +420,14 @@ def mask_path(output: str | Path) -> Path:
 def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | None = None,
           resolution: float | None = None, like: str | None = None, resampling: str = "bilinear",
           mask: str | None = None, mask_values: Sequence[int] | None = None, mask_bits: Sequence[int] | None = None,
-          quality_mask: bool = True, keep_all_bands: bool = False) -> StackSummary:
+          quality_mask: bool = True, keep_all_bands: bool = False, swath: bool = False) -> StackSummary:
     """Put the bands of one scene on one grid: a VRT referencing the inputs (``.vrt``) or a COG (``.tif``).
 
     Every check (inputs readable and overlapping, bands present, masks covering) happens before anything is
     written; outputs go through a temporary and a rename. A hyperspectral product (``hyperspectral.recognise``)
     gives its good bands outside the water-vapour windows (``keep_all_bands``: all); an EMIT or PRISMA product's
-    bands are first written as ``SCENE.cube.tif`` beside the output (removed again when the output is a .tif).
+    bands are first written as ``SCENE.cube.tif`` beside the output (removed again when the output is a .tif);
+    ``swath`` writes an EMIT product's bands on its swath grid as the output .tif, without georeference.
     """
     output = Path(output)
     suffix = output.suffix.lower()
@@ -444,6 +445,14 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
 
     notes: list[str] = []
     hyper = hyperspectral.recognise(inputs)
+    if swath:
+        if hyper is None or suffix == ".vrt":
+            raise InputError(f"{inputs[0]}: --swath writes an EMIT product's swath as a .tif; give one EMIT .nc "
+                             "and -o SCENE.tif")
+        chosen = hyper.choose(bands, keep_all_bands)
+        crs, transform, width, height = hyperspectral.write_cube(hyper, chosen, output, swath=True)
+        return StackSummary(str(output), [b.name for b in chosen], Grid(crs, transform, width, height),
+                            product=f"{hyper.sensor} (swath grid)")
     if hyper is not None:
         sources, rules, notes = hyperspectral.plan(hyper, output, bands, keep_all_bands, quality_mask)
         sensor = hyper.sensor

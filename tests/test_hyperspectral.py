@@ -146,3 +146,15 @@ def test_bad_products_one_line(tmp_path):
               "--bands", "B101", code=1)
     assert "EnMAP L2A product has no band 'B101' (it has B1 to B100)" in out
     assert not (tmp_path / "x.vrt").exists()
+
+
+def test_emit_swath_grid(tmp_path):
+    nc = hp.write_emit(tmp_path / "in", size=32, bands=40)
+    msg = run("stack", nc, "--swath", "-o", tmp_path / "swath.tif")
+    assert "EMIT L2A (swath grid) 34 bands" in msg and "on 32 x 32 pixels of 1 (no CRS)" in msg
+    with h5py.File(nc) as f, rasterio.open(tmp_path / "swath.tif") as ds:
+        wl = f["sensor_band_parameters/wavelengths"][()]
+        first = int(np.flatnonzero(np.isclose(wl, float(ds.tags(1)["wavelength"]), atol=1e-3))[0])
+        assert ds.crs is None and np.array_equal(ds.read(1), f["reflectance"][:, :, first])
+    out = run("stack", nc, "--swath", "-o", tmp_path / "swath.vrt", code=1)
+    assert "--swath writes an EMIT product's swath as a .tif" in out
