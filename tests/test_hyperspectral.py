@@ -158,3 +158,18 @@ def test_emit_swath_grid(tmp_path):
         assert ds.crs is None and np.array_equal(ds.read(1), f["reflectance"][:, :, first])
     out = run("stack", nc, "--swath", "-o", tmp_path / "swath.vrt", code=1)
     assert "--swath writes an EMIT product's swath as a .tif" in out
+
+
+def test_workflow_stacks_hyperspectral_products(tmp_path):
+    from pipeline import workflow as wf
+    from pipeline.config import validate
+
+    nc = hp.write_emit(tmp_path / "emit", size=8, bands=20)
+    folder = hp.write_enmap(tmp_path / "enmap", size=8, bands=100)
+    he5 = hp.write_prisma(tmp_path / "prisma", size=8)
+    config = validate({"demo": False, "normal": [f"{tmp_path}/enmap/ENMAP*", f"{tmp_path}/prisma/*.he5"],
+                       "targets": [f"{tmp_path}/emit/*.nc"], "results": "res"})
+    plan = wf.plan(config)
+    assert plan.stacks == {folder.name: str(folder), he5.stem: str(he5), nc.stem: str(nc)}
+    assert plan.targets == {nc.stem: f"res/stacks/{nc.stem}.vrt"}
+    assert wf.stack_input(plan.stacks[nc.stem]) == [str(nc)]
