@@ -11,17 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.windows
 from rasterio.transform import from_origin
 
 ORIGIN = (600000.0, 5000000.0)
 
 
-def spectra(wavelengths: np.ndarray, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """(rows, cols, bands) float32 reflectance in 0..~0.6: smooth abundances of three endmembers."""
-    rng = np.random.default_rng(seed)
+def spectra(wavelengths: np.ndarray, rows: int, cols: int, seed: int = 0, row0: int = 0,
+            height: int | None = None) -> np.ndarray:
+    """(rows, cols, bands) float32 reflectance in 0..~0.6: smooth abundances of three endmembers. ``row0`` and
+    ``height``: rows ``row0`` ... of a scene ``height`` rows high (a large scene made strip by strip)."""
+    rng = np.random.default_rng(seed + row0)
     wl = np.asarray(wavelengths, float) / 1000.0
     ends = np.stack([0.05 + 0.25 * wl, 0.3 * np.exp(-((wl - 0.85) / 0.3) ** 2) + 0.05, 0.2 + 0.1 * np.sin(3 * wl)])
-    y, x = np.mgrid[0:rows, 0:cols] / max(rows, cols)
+    y, x = np.mgrid[row0:row0 + rows, 0:cols] / max(height or rows, cols)
     ab = np.stack([1 + np.sin(4 * x + seed), 1 + np.cos(3 * y), 1 + np.sin(2 * (x + y))], -1)
     ab /= ab.sum(-1, keepdims=True)
     cube = ab @ ends + rng.normal(0, 0.004, (rows, cols, len(wl)))
@@ -67,11 +70,13 @@ def write_enmap(folder: Path, size: int = 64, bands: int = 224, seed: int = 0, c
     root = folder / ENMAP_ID
     root.mkdir(parents=True, exist_ok=True)
     wl = np.concatenate([np.linspace(418, 993, 91), np.linspace(902, 2445, bands - 91)])
-    cube = (spectra(wl, size, size, seed) * 10000).round().astype(np.int16).transpose(2, 0, 1)
     geo = dict(crs="EPSG:32633", transform=from_origin(*ORIGIN, 30, 30), width=size, height=size)
     with rasterio.open(root / f"{ENMAP_ID}-SPECTRAL_IMAGE.TIF", "w", driver="GTiff", count=bands, dtype="int16",
                        nodata=-32768, interleave="band", tiled=True, compress="deflate", **geo) as ds:
-        ds.write(cube)
+        for r0 in range(0, size, 256):  # in strips of whole tiles: an EnMAP-size scene is 1000 x 1000 x 224
+            rows = min(256, size - r0)
+            strip = (spectra(wl, rows, size, seed, r0, size) * 10000).round().astype(np.int16)
+            ds.write(strip.transpose(2, 0, 1), window=rasterio.windows.Window(0, r0, size, rows))
     for name, rows, cols in (("CLOUD", slice(10, 16), slice(10, 16)), ("CLOUDSHADOW", slice(40, 42), slice(5, 13))):
         q = np.zeros((size, size), np.uint8)
         if cloud:
@@ -114,8 +119,6 @@ def write_emit(folder: Path, size: int = 64, bands: int = 285, seed: int = 0) ->
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "EMIT_L2A_RFL_001_20230401T061523_2309104_002.nc"
     wl = wavelengths(bands, 381, 2493)
-    refl = spectra(wl, size, size, seed)
-    refl[:2, :, :] = -9999  # the swath's first rows are fill
     good = ~(((wl >= 1320) & (wl <= 1440)) | ((wl >= 1770) & (wl <= 1960)))
     gx, gy = emit_glt(size)
     res = 0.000542232520256
@@ -124,8 +127,13 @@ def write_emit(folder: Path, size: int = 64, bands: int = 285, seed: int = 0) ->
         f.attrs["geotransform"] = np.array([120.0, res, 0.0, -30.0, 0.0, -res])
         f.attrs["spatial_ref"] = CRS.from_epsg(4326).to_wkt()
         f.attrs["title"] = "EMIT L2A Estimated Surface Reflectance 60 m V001"
-        v = f.create_variable("reflectance", ("downtrack", "crosstrack", "bands"), "f4", fillvalue=-9999.0)
-        v[...] = refl
+        v = f.create_variable("reflectance", ("downtrack", "crosstrack", "bands"), "f4", fillvalue=-9999.0,
+                              chunks=(min(size, 64), size, bands))
+        for r0 in range(0, size, 64):  # in strips: an EMIT-size swath is 1280 x 1242 x 285
+            strip = spectra(wl, min(64, size - r0), size, seed, r0, size)
+            if r0 == 0:
+                strip[:2] = -9999  # the swath's first rows are fill
+            v[r0:r0 + len(strip)] = strip
         sbp = f.create_group("sensor_band_parameters")
         sbp.create_variable("wavelengths", ("bands",), "f4")[...] = wl
         sbp.create_variable("fwhm", ("bands",), "f4")[...] = np.full(bands, 8.5)
