@@ -362,15 +362,16 @@ def _emit_grid(product: Hyperspectral) -> tuple[Any, Any, int, int]:
 
 def _emit_blocks(product: Hyperspectral, bands: Sequence[SpectralBand], width: int, height: int, scratch: Path):
     """(window, block) of the orthorectified cube: each map pixel takes the swath pixel its GLT names (1-based
-    row glt_y, column glt_x; 0 = none). Swath rows are read CUBE_ROWS at a time and scattered into a memory map
-    of the map grid (an unnamed temporary file in ``scratch``), so memory stays one block whatever the swath's
-    rotation."""
+    row glt_y, column glt_x; 0 = none). Swath rows are read CUBE_ROWS at a time and scattered into the map grid
+    kept in an unnamed temporary file in ``scratch``, mapped afresh for each block (``np.memmap``) so that only
+    the pages one block touches are resident: memory stays a few blocks whatever the scene's size or the swath's
+    rotation. Map pixels no swath pixel reaches get the product's fill value."""
     import tempfile
 
     from rasterio.windows import Window
 
     sel = np.array([b.index - 1 for b in bands])
-    fill = np.asarray(product.nodata, np.float32)
+    shape = (height * width, len(sel))
     with _h5(product.path) as f:
         refl = f["reflectance"]
         gx = f["location/glt_x"][()].astype(np.int64).ravel()
@@ -380,20 +381,24 @@ def _emit_blocks(product: Hyperspectral, bands: Sequence[SpectralBand], width: i
         order = targets[np.argsort(gy[targets], kind="stable")]
         rows = gy[order] - 1
         with tempfile.TemporaryFile(dir=scratch) as tmp:
-            grid = np.memmap(tmp, np.float32, "w+", shape=(height * width, len(sel)))
-            grid[:] = fill
+            tmp.truncate(shape[0] * shape[1] * 4)  # sparse: only scattered pixels take disk space
             for y0 in range(0, refl.shape[0], CUBE_ROWS):
                 lo, hi = np.searchsorted(rows, [y0, y0 + CUBE_ROWS])
                 if lo == hi:
                     continue
                 slab = refl[y0:y0 + CUBE_ROWS][:, :, sel]
                 pick = order[lo:hi]
+                grid = np.memmap(tmp, np.float32, "r+", shape=shape)
                 grid[pick] = slab[gy[pick] - 1 - y0, gx[pick] - 1]
+                del grid  # unmapped: its pages leave this process's memory (the file keeps them)
             for r0 in range(0, height, CUBE_ROWS):
                 r1 = min(height, r0 + CUBE_ROWS)
-                block = np.asarray(grid[r0 * width:r1 * width]).reshape(r1 - r0, width, len(sel))
-                yield Window(0, r0, width, r1 - r0), np.ascontiguousarray(block.transpose(2, 0, 1))
-            del grid
+                grid = np.memmap(tmp, np.float32, "r", shape=shape)
+                block = np.array(grid[r0 * width:r1 * width])
+                del grid
+                block[~valid[r0 * width:r1 * width]] = product.nodata
+                yield Window(0, r0, width, r1 - r0), np.ascontiguousarray(
+                    block.reshape(r1 - r0, width, len(sel)).transpose(2, 0, 1))
 
 
 def _prisma_grid(product: Hyperspectral) -> tuple[Any, Any, int, int]:
