@@ -302,7 +302,7 @@ def plan(product: Hyperspectral, output: str | Path, names: Sequence[str] | None
 def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str | Path,
                swath: bool = False) -> tuple[Any, Any, int, int]:
     """Write ``bands`` of an EMIT (orthorectified through its GLT) or PRISMA product as a GeoTIFF on the
-    product's map grid: band descriptions B1..., ``wavelength`` and ``fwhm`` tags in nm, the product's fill as
+    product's map grid (tiled, band-interleaved, uncompressed: ``RasterWriter(cog=False)``): band descriptions B1..., ``wavelength`` and ``fwhm`` tags in nm, the product's fill as
     nodata. Atomic (``RasterWriter``); memory bounded by one block of rows (EMIT: one block of swath rows).
     ``swath`` (EMIT only): on the sensor's swath grid instead, without georeference. Returns the grid written
     (crs, transform, width, height)."""
@@ -320,7 +320,8 @@ def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str 
                                                    else {})} for b in bands]
     with RasterWriter(path, width=width, height=height, count=len(bands), dtype=product.dtype, crs=crs,
                       transform=transform if crs is not None else None, nodata=product.nodata, descriptions=[b.name for b in bands],
-                      band_tags=tags, tags={"rsvae_product": f"{product.sensor} {product.path.name}"}) as w:
+                      band_tags=tags, tags={"rsvae_product": f"{product.sensor} {product.path.name}"},
+                      cog=False) as w:
         for window, data in reader(product, bands, width, height, Path(path).resolve().parent):
             w.write(data, window)
     return grid

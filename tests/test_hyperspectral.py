@@ -99,6 +99,7 @@ def test_emit_orthorectified_through_glt(tmp_path):
         gx, gy = f["location/glt_x"][()], f["location/glt_y"][()]
         data = ds.read()
         assert ds.transform.to_gdal() == tuple(f.attrs["geotransform"])
+        assert ds.interleaving.name == "band" and ds.block_shapes[0] == (256, 256)  # RasterWriter(cog=False)
     inside = (gx > 0) & (gy > 0)
     expect = np.full(data.shape, -9999, np.float32)
     expect[:, inside] = refl[gy[inside] - 1, gx[inside] - 1].T
@@ -173,3 +174,16 @@ def test_workflow_stacks_hyperspectral_products(tmp_path):
     assert plan.stacks == {folder.name: str(folder), he5.stem: str(he5), nc.stem: str(nc)}
     assert plan.targets == {nc.stem: f"res/stacks/{nc.stem}.vrt"}
     assert wf.stack_input(plan.stacks[nc.stem]) == [str(nc)]
+
+
+def test_plain_writer_is_atomic(tmp_path):
+    from rasterio.windows import Window
+
+    from pipeline.raster import RasterWriter
+
+    out = tmp_path / "cube.tif"
+    with pytest.raises(RuntimeError), RasterWriter(out, width=8, height=8, count=3, dtype="float32", crs="EPSG:32632",
+                                                   transform=rasterio.transform.from_origin(0, 8, 1, 1), cog=False) as w:
+        w.write(np.ones((3, 4, 8), np.float32), Window(0, 0, 8, 4))
+        raise RuntimeError("stopped half-way")
+    assert list(tmp_path.iterdir()) == []
