@@ -32,6 +32,8 @@ WATER_VAPOUR = ((1340.0, 1460.0), (1790.0, 1960.0))
 ENVI_DATA = ("", ".img", ".bsq", ".bil", ".bip", ".dat", ".raw")
 #: Output rows per block when writing a cube (a PRISMA strip: 64 rows x 239 bands x 1000 columns x 2 bytes).
 CUBE_ROWS = 64
+#: GDAL block cache (MiB) while writing a cube: a few rows of band-interleaved tiles.
+CUBE_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,8 @@ def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str 
     nodata. Atomic (``RasterWriter``); memory bounded by one block of rows (EMIT: one block of swath rows).
     ``swath`` (EMIT only): on the sensor's swath grid instead, without georeference. Returns the grid written
     (crs, transform, width, height)."""
+    import rasterio
+
     from pipeline.raster import RasterWriter
 
     emit = product.sensor.startswith("EMIT")
@@ -318,10 +322,12 @@ def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str 
     crs, transform, width, height = grid
     tags = [{"wavelength": f"{b.wavelength:g}", **({"fwhm": f"{b.fwhm:g}"} if b.fwhm == b.fwhm and b.fwhm
                                                    else {})} for b in bands]
-    with RasterWriter(path, width=width, height=height, count=len(bands), dtype=product.dtype, crs=crs,
-                      transform=transform if crs is not None else None, nodata=product.nodata, descriptions=[b.name for b in bands],
-                      band_tags=tags, tags={"rsvae_product": f"{product.sensor} {product.path.name}"},
-                      cog=False) as w:
+    # GDAL's block cache bounded while writing (its default, 5 % of RAM, held 1.2 GiB of an EMIT-size cube)
+    with rasterio.Env(GDAL_CACHEMAX=CUBE_CACHE_MB), RasterWriter(
+            path, width=width, height=height, count=len(bands), dtype=product.dtype, crs=crs,
+            transform=transform if crs is not None else None, nodata=product.nodata,
+            descriptions=[b.name for b in bands], band_tags=tags,
+            tags={"rsvae_product": f"{product.sensor} {product.path.name}"}, cog=False) as w:
         for window, data in reader(product, bands, width, height, Path(path).resolve().parent):
             w.write(data, window)
     return grid
