@@ -49,6 +49,11 @@ RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average
 VRT_BLOCK = 512
 #: Rows and columns of one window when computing masks or materialising a COG (multiples of the COG's tiles).
 WRITE_WINDOW = (256, 2048)
+#: Largest pixel-interleaved 256 x 256 tile (bytes, all bands) a materialised stack is written as a COG with;
+#: beyond it (more than 128 float32 or 256 int16 bands: a hyperspectral stack) GDAL's overview and COG steps
+#: slow down hundreds of times (512 x 512 float32: 120 bands 22 s, 240 bands 529 s), so the stack is written
+#: as a plain tiled, band-interleaved GeoTIFF instead (``RasterWriter(cog=False)``: 1.5 s for 240 bands).
+COG_TILE_LIMIT = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -543,7 +548,8 @@ def _materialise(sources: Sequence[Source], inputs: dict[str, _Input], grid: Gri
                 output, width=grid.width, height=grid.height, count=len(sources), dtype=dtype, crs=grid.crs,
                 transform=grid.transform, nodata=nodata, descriptions=[s.name for s in sources],
                 band_tags=[{"wavelength": f"{s.wavelength:g}"} if s.wavelength is not None else {}
-                           for s in sources]) as w:
+                           for s in sources],
+                cog=256 * 256 * len(sources) * np.dtype(dtype).itemsize <= COG_TILE_LIMIT) as w:
         for window in _windows(grid):
             try:
                 data = vrt.read(window=window)

@@ -161,6 +161,18 @@ def test_emit_swath_grid(tmp_path):
     assert "--swath writes an EMIT product's swath as a .tif" in out
 
 
+def test_many_band_tif_is_written_plain(tmp_path):
+    nc = hp.write_emit(tmp_path / "in", size=16, bands=285)
+    run("stack", nc, "-o", tmp_path / "e.tif", "-q")  # 240 float32 bands: 63 MB pixel-interleaved tiles
+    with rasterio.open(tmp_path / "e.tif") as ds:
+        assert ds.count == 240 and ds.interleaving.name == "band"
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"
+    he5 = hp.write_prisma(tmp_path / "p", size=16)
+    run("stack", he5, "-o", tmp_path / "p.tif", "-q")  # 199 uint16 bands: 26 MB tiles, still a COG
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        assert ds.count == 199 and ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+
+
 def test_workflow_stacks_hyperspectral_products(tmp_path):
     from pipeline import workflow as wf
     from pipeline.config import validate
