@@ -813,7 +813,8 @@ def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_pat
     s, _ = settings(config_path, "stack", **opts)
     summary = run(inputs, output, bands=s["bands"], resolution=s["resolution"], like=like,
                   resampling=s["resampling"], mask=s["mask"], mask_values=s["mask_values"],
-                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"], keep_all_bands=s["keep_all_bands"], swath=swath)
+                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"], keep_all_bands=s["keep_all_bands"],
+                  swath=swath)
     g = summary.grid
     what = f"{summary.product} " if summary.product else ""
     names = summary.bands if len(summary.bands) <= 12 else [*summary.bands[:2], "...", summary.bands[-1]]

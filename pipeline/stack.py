@@ -454,6 +454,9 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
         if hyper is None or suffix == ".vrt":
             raise InputError(f"{inputs[0]}: --swath writes an EMIT product's swath as a .tif; give one EMIT .nc "
                              "and -o SCENE.tif")
+        if like or resolution or mask:
+            raise InputError(f"{inputs[0]}: --swath keeps the sensor's grid; --like, --resolution and --mask "
+                             "do not apply to it")
         chosen = hyper.choose(bands, keep_all_bands)
         crs, transform, width, height = hyperspectral.write_cube(hyper, chosen, output, swath=True)
         return StackSummary(str(output), [b.name for b in chosen], Grid(crs, transform, width, height),

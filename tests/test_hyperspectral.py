@@ -159,6 +159,8 @@ def test_emit_swath_grid(tmp_path):
         assert ds.crs is None and np.array_equal(ds.read(1), f["reflectance"][:, :, first])
     out = run("stack", nc, "--swath", "-o", tmp_path / "swath.vrt", code=1)
     assert "--swath writes an EMIT product's swath as a .tif" in out
+    out = run("stack", nc, "--swath", "--resolution", "60", "-o", tmp_path / "s2.tif", code=1)
+    assert "--swath keeps the sensor's grid; --like, --resolution and --mask do not apply" in out
 
 
 def test_many_band_tif_is_written_plain(tmp_path):
