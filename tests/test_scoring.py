@@ -66,7 +66,7 @@ class BandSum:
     outputs = ("score", "first")
     meta: dict = {}
 
-    def check_bands(self, count, source, names=None):
+    def check_bands(self, count, source):
         pass
 
     def score(self, pixels, **_):

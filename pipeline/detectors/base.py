@@ -14,7 +14,6 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,12 +86,10 @@ class Detector(ABC):
                     band_names=self.band_names, versions=versions())
         return write_model_folder(folder, meta, self.tensors())
 
-    def check_bands(self, count: int, source: str, names: Sequence[str | None] | None = None) -> None:
-        """Raise InputError when data with ``count`` bands cannot be scored by this model; with the data's band
-        ``names`` (descriptions) the message says which of the model's bands it lacks and which it adds."""
+    def check_bands(self, count: int, source: str) -> None:
+        """Raise InputError when data with ``count`` bands cannot be scored by this model."""
         if count != self.bands:
-            raise InputError(f"{source}: has {count} bands but the model was trained on {self.bands}"
-                             f"{band_difference(self.band_names, names)}")
+            raise InputError(f"{source}: has {count} bands but the model was trained on {self.bands}")
 
     # ---- thresholds from held-out normal scores
     def calibrate(self, scores: np.ndarray) -> None:
@@ -268,18 +265,3 @@ def file_digest(path: str | Path) -> str:
 def finite_or_none(x: float) -> float | None:
     """A float for JSON: None where not finite (JSON has no NaN)."""
     return float(x) if math.isfinite(x) else None
-
-
-def band_difference(model: Sequence[str], tile: Sequence[str | None] | None) -> str:
-    """`` (the tile lacks B8A; it has X too)`` for a band-count error, when both sides name their bands; else ''."""
-    from pipeline.products import normal_name
-
-    if not tile or not all(tile):
-        return ""
-    have = {normal_name(n) for n in tile if n}
-    known = {normal_name(n) for n in model}
-    lacks = [b for b in model if normal_name(b) not in have]
-    extra = [b for b in tile if b and normal_name(b) not in known]
-    parts = ([f"the tile lacks {', '.join(lacks)}"] if lacks else []) + ([f"it has {', '.join(extra)} too"]
-                                                                         if extra else [])
-    return f" ({'; '.join(parts)})" if parts else ""
