@@ -102,6 +102,40 @@ class _Truncating(_Handler):
         return None
 
 
+class _Ranges(_Handler):
+    """Honours Range requests (GDAL reads COGs by ranges)."""
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        rng = self.headers.get("Range")
+        if not rng or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        start, _, end = rng.removeprefix("bytes=").partition("-")
+        start, end = int(start), min(int(end) if end else size - 1, size - 1)
+        body = path.read_bytes()[start:end + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
+
+class _BusyFirst(_Ranges):
+    """Answers its first two requests with 503 (busy), then serves ranges."""
+
+    busy = [2]
+
+    def send_head(self):
+        if self.busy[0] > 0:
+            self.busy[0] -= 1
+            self.send_error(503, "busy")
+            return None
+        return super().send_head()
+
+
 def _serve(handler: type, folder: Path) -> tuple[http.server.ThreadingHTTPServer, threading.Thread, str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -126,3 +160,24 @@ def test_broken_servers_give_one_line(handler, says, demo, model_dir, tmp_path, 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and url in lines[0] and says in lines[0], result.output
     assert not (tmp_path / "s.tif").exists()
+
+
+@pytest.mark.parametrize(("retries", "code"), [(None, 0), ("0", 1)])
+def test_busy_server_retried_by_default(retries, code, demo, model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("GDAL_HTTP_MAX_RETRY", raising=False)  # the default (3 retries) unless the test sets one
+    if retries is not None:
+        monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", retries)
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    tile = Path(demo.test[0])
+    handler = type("Busy", (_BusyFirst,), {"busy": [2]})
+    server, thread, base = _serve(handler, tile.parent)
+    try:
+        url = f"{base}/{tile.name}"
+        result = CliRunner().invoke(cli, ["score", str(model_dir), url, "-o", str(tmp_path / "s.tif"), "-q"])
+    finally:
+        server.shutdown()
+        thread.join()
+    assert result.exit_code == code, result.output
+    assert (tmp_path / "s.tif").exists() == (code == 0)
+    if code:
+        assert len(result.output.strip().splitlines()) == 1 and url in result.output and "503" in result.output
