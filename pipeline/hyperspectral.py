@@ -63,6 +63,8 @@ class Hyperspectral:
     quality: list[MaskRule] = field(default_factory=list)
     nodata: float | None = None
     dtype: str = "float32"
+    #: EMIT: the L2A mask product beside the reflectance (``EMIT_L2A_MASK_*.nc``), whose aggregate flag masks
+    companion: Path | None = None
 
     def choose(self, names: Sequence[str] | None = None, keep_all: bool = False) -> list[SpectralBand]:
         """The bands to stack: ``names`` in that order, else every good band outside the water-vapour windows
@@ -184,7 +186,9 @@ def _emit(path: Path) -> Hyperspectral | None:
         good = sbp["good_wavelengths"][()] != 0 if "good_wavelengths" in sbp else np.ones(len(wl), bool)
         fill = f["reflectance"].attrs.get("_FillValue", -9999.0)
         fill = float(np.ravel(fill)[0])
-    return Hyperspectral(path, "EMIT L2A", _named(list(wl), fw, list(good)), nodata=fill)
+    mask = path.with_name(path.name.replace("_RFL_", "_MASK_"))
+    return Hyperspectral(path, "EMIT L2A", _named(list(wl), fw, list(good)), nodata=fill,
+                         companion=mask if mask != path and mask.is_file() else None)
 
 
 #: Where PRISMA L2D keeps its cubes, and the root attributes with their wavelengths, FWHM and band flags.
@@ -273,6 +277,50 @@ def _envi(path: Path, header: Path) -> Hyperspectral | None:
 
 # --------------------------------------------------------------------------------------------- cubes
 
+def quality_path(output: str | Path) -> Path:
+    """The EMIT mask product's aggregate flag on the map grid: ``SCENE.quality.tif`` beside ``SCENE.vrt``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".quality.tif")
+
+
+#: The band of EMIT's L2A mask product that flags unusable pixels (cloud, cirrus, dilated cloud, spacecraft).
+EMIT_FLAG = "Aggregate Flag"
+
+
+def write_emit_mask(product: Hyperspectral, path: Path) -> Path:
+    """Write the EMIT mask product's aggregate flag (1 = unusable) through the reflectance's GLT onto its map
+    grid as a uint8 GeoTIFF at ``path`` (0 elsewhere: outside the swath the cube is nodata anyway)."""
+    from pipeline.raster import write_raster
+
+    crs, transform, width, height = _emit_grid(product)
+    src = product.companion
+    with _h5(src) as f:
+        names = f["sensor_band_parameters/mask_bands"][()] if "sensor_band_parameters/mask_bands" in f else []
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        wanted = [i for i, n in enumerate(names) if n.strip().lower() == EMIT_FLAG.lower()]
+        if "mask" not in f or not wanted:
+            raise InputError(f"{src}: EMIT mask product without a 'mask' band named {EMIT_FLAG!r} "
+                             "(sensor_band_parameters/mask_bands)")
+        flag = f["mask"][:, :, wanted[0]]
+    with _h5(product.path) as f:
+        if flag.shape != f["reflectance"].shape[:2]:
+            raise InputError(f"{src}: mask of {flag.shape} pixels for a reflectance swath of "
+                             f"{f['reflectance'].shape[:2]}")
+        gx, gy, valid = _glt(f)
+    out = np.zeros(height * width, np.uint8)
+    out[valid] = flag[gy[valid] - 1, gx[valid] - 1] >= 1
+    write_raster(path, out.reshape(1, height, width), crs=crs, transform=transform, descriptions=[EMIT_FLAG])
+    return path
+
+
+def _glt(f: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An open EMIT file's GLT, flat: (glt_x, glt_y, where they name a swath pixel)."""
+    rows, cols = f["reflectance"].shape[:2]
+    gx = f["location/glt_x"][()].astype(np.int64).ravel()
+    gy = f["location/glt_y"][()].astype(np.int64).ravel()
+    return gx, gy, (gx > 0) & (gy > 0) & (gx <= cols) & (gy <= rows)
+
+
 def cube_path(output: str | Path) -> Path:
     """The GeoTIFF an EMIT or PRISMA stack's bands are written to: ``SCENE.cube.tif`` beside ``SCENE.vrt``."""
     output = Path(output)
@@ -298,7 +346,10 @@ def plan(product: Hyperspectral, output: str | Path, names: Sequence[str] | None
         cube = cube_path(output)
         write_cube(product, chosen, cube)
         sources = [Source(str(cube), k, b.name, b.wavelength) for k, b in enumerate(chosen, start=1)]
-    return sources, list(product.quality) if quality else [], notes
+    rules = list(product.quality) if quality else []
+    if quality and product.companion is not None:
+        rules.append(MaskRule(str(write_emit_mask(product, quality_path(output))), EMIT_FLAG, values=(1,)))
+    return sources, rules, notes
 
 
 def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str | Path,
@@ -381,9 +432,7 @@ def _emit_blocks(product: Hyperspectral, bands: Sequence[SpectralBand], width: i
     shape = (height * width, len(sel))
     with _h5(product.path) as f:
         refl = f["reflectance"]
-        gx = f["location/glt_x"][()].astype(np.int64).ravel()
-        gy = f["location/glt_y"][()].astype(np.int64).ravel()
-        valid = (gx > 0) & (gy > 0) & (gx <= refl.shape[1]) & (gy <= refl.shape[0])
+        gx, gy, valid = _glt(f)
         targets = np.flatnonzero(valid)
         order = targets[np.argsort(gy[targets], kind="stable")]
         rows = gy[order] - 1

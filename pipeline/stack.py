@@ -471,6 +471,7 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
                                       mask_bits=mask_bits)
             finally:
                 hyperspectral.cube_path(output).unlink(missing_ok=True)
+                hyperspectral.quality_path(output).unlink(missing_ok=True)
     else:
         sources, rules, sensor = plan_inputs(inputs, bands, quality_mask)
     return _stack_sources(sources, rules, sensor, notes, output, resolution=resolution, like=like,

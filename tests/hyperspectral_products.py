@@ -108,6 +108,32 @@ def emit_glt(swath: int, angle: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
     return gx.astype(np.int32), gy.astype(np.int32)
 
 
+EMIT_MASK_BANDS = ["Cloud flag", "Cirrus flag", "Water flag", "Spacecraft Flag", "Dilated Cloud Flag", "AOD550",
+                   "H2O (g cm-2)", "Aggregate Flag"]
+
+
+def write_emit_mask(rfl: Path, flagged: tuple[slice, slice]) -> Path:
+    """The EMIT L2A mask product beside ``rfl`` (``EMIT_L2A_MASK_*.nc``): ``mask`` (downtrack, crosstrack,
+    mask_bands) float32 and ``sensor_band_parameters/mask_bands``; the aggregate flag (and cloud flag) set on the
+    swath pixels ``flagged``."""
+    import h5netcdf
+    import h5py
+
+    with h5py.File(rfl) as f:
+        rows, cols = f["reflectance"].shape[:2]
+    path = rfl.with_name(rfl.name.replace("_RFL_", "_MASK_"))
+    mask = np.zeros((rows, cols, len(EMIT_MASK_BANDS)), np.float32)
+    mask[..., 5] = 0.1  # AOD550
+    mask[flagged[0], flagged[1], 0] = 1
+    mask[flagged[0], flagged[1], 7] = 1
+    with h5netcdf.File(path, "w") as f:
+        f.dimensions = {"downtrack": rows, "crosstrack": cols, "bands": len(EMIT_MASK_BANDS)}
+        f.create_variable("mask", ("downtrack", "crosstrack", "bands"), "f4", fillvalue=-9999.0)[...] = mask
+        sbp = f.create_group("sensor_band_parameters")
+        sbp.create_variable("mask_bands", ("bands",), h5py.string_dtype())[...] = np.array(EMIT_MASK_BANDS, object)
+    return path
+
+
 def write_emit(folder: Path, size: int = 64, bands: int = 285, seed: int = 0) -> Path:
     """An EMIT L2A reflectance NetCDF-4 (``EMIT_L2A_RFL_001_*.nc``): ``reflectance`` (downtrack, crosstrack,
     bands; _FillValue -9999), ``sensor_band_parameters`` (wavelengths, fwhm, good_wavelengths: 0 in the

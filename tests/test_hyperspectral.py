@@ -201,3 +201,26 @@ def test_plain_writer_is_atomic(tmp_path):
         w.write(np.ones((3, 4, 8), np.float32), Window(0, 0, 8, 4))
         raise RuntimeError("stopped half-way")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_emit_mask_product_masks_its_aggregate_flag(tmp_path):
+    nc = hp.write_emit(tmp_path / "in", size=32, bands=40)
+    hp.write_emit_mask(nc, (slice(10, 20), slice(5, 15)))
+    msg = run("stack", nc, "-o", tmp_path / "e.vrt")
+    with h5py.File(nc) as f:
+        gx, gy = f["location/glt_x"][()], f["location/glt_y"][()]
+    flagged = (gy >= 11) & (gy <= 20) & (gx >= 6) & (gx <= 15)  # 1-based GLT
+    assert f"Aggregate Flag masked {int(flagged.sum())} of" in msg
+    with rasterio.open(tmp_path / "e.vrt") as ds:  # the mask band; the swath's fill is the bands' nodata
+        assert np.array_equal(ds.read_masks(1) == 0, flagged)
+        assert np.array_equal(ds.read(1) == ds.nodata, (gx == 0) | (gy <= 2))
+    run("stack", nc, "-o", tmp_path / "n.vrt", "--no-mask", "-q")
+    assert not (tmp_path / "n.quality.tif").exists()
+    run("stack", nc, "-o", tmp_path / "e.tif", "-q")
+    assert sorted(p.name for p in tmp_path.glob("e.*")) == ["e.mask.tif", "e.tif", "e.vrt"]
+    mask = nc.with_name(nc.name.replace("_RFL_", "_MASK_"))
+    with h5py.File(mask, "a") as f:
+        del f["sensor_band_parameters/mask_bands"]
+    out = run("stack", nc, "-o", tmp_path / "x.vrt", code=1)
+    assert out.strip().splitlines() == [f"Error: {mask}: EMIT mask product without a 'mask' band named "
+                                        "'Aggregate Flag' (sensor_band_parameters/mask_bands)"]
