@@ -63,7 +63,7 @@ class Hyperspectral:
     quality: list[MaskRule] = field(default_factory=list)
     nodata: float | None = None
     dtype: str = "float32"
-    #: EMIT: the L2A mask product beside the reflectance (``EMIT_L2A_MASK_*.nc``), whose aggregate flag masks
+    #: EMIT: the L2A mask product beside the reflectance (``EMIT_L2A_MASK_*.nc``): its aggregate flag masks pixels
     companion: Path | None = None
 
     def choose(self, names: Sequence[str] | None = None, keep_all: bool = False) -> list[SpectralBand]:
