@@ -791,6 +791,11 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @click.option("--mask-bits", callback=_ints, help="Bits of --mask that make a pixel invalid when set (0 = lowest).")
 @click.option("--no-mask", "no_mask", is_flag=True, default=None,
               help="Do not mask a product folder's quality layer (SCL, QA_PIXEL).")
+@click.option("--keep-all-bands", "keep_all_bands", is_flag=True, default=None,
+              help="Hyperspectral products: keep the bands the product marks bad and those in the water-vapour "
+                   "windows (1340-1460, 1790-1960 nm).")
+@click.option("--swath", is_flag=True, help="EMIT: write the reflectance on the sensor's swath grid (no map "
+                                            "georeference) as the output .tif, instead of through its GLT.")
 @common
 def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_path: str | None, quiet: bool,
           **opts: Any) -> None:
@@ -800,7 +805,9 @@ def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_pat
     order given) or one product folder: Sentinel-2 L2A (.SAFE, or a folder of *_B02*.jp2|tif files such as a
     BigEarthNet patch) or Landsat 4-9 Collection 2 (*_SR_B*.TIF or *_B1.TIF ...), or one STAC item (a .json
     file or URL, or an API's .../items/ID URL: its assets read where they are, remote ones by ranges), or a
-    folder of an item's assets downloaded and named by key (B02.tif or blue.tif ..., scl.tif). A product's
+    folder of an item's assets downloaded and named by key (B02.tif or blue.tif ..., scl.tif), or one
+    hyperspectral product: an EnMAP L2A folder, an EMIT L2A reflectance .nc, a PRISMA L2D .he5 or an ENVI file
+    with wavelengths (bands B1...BN in wavelength order; bad and water-vapour bands left out). A product's
     quality layer
     (Sentinel-2 SCL: no data, defective, cloud shadow, cloud, cirrus; Landsat QA_PIXEL: fill, dilated cloud,
     cirrus, cloud, cloud shadow) masks pixels unless --no-mask; masked pixels are invalid in every command.
@@ -814,20 +821,27 @@ def stack(inputs: tuple[str, ...], output: str, no_mask: bool | None, config_pat
       rsvae stack https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/ITEM_ID -o s2.vrt
       rsvae stack a_B02.tif a_B03.tif a_B04.tif a_B8A.tif -o scene.tif --resolution 20
       rsvae stack other_zone.tif --like work/model -o other_zone_utm32.vrt
+      rsvae stack EMIT_L2A_RFL_001_20230401T061523_2309104_002.nc -o emit.vrt
     """
     from pipeline.stack import stack as run
 
     like = opts.pop("like")  # per scene, so no config key
+    swath = opts.pop("swath")
     if no_mask:
         opts["quality_mask"] = False
     s, _ = settings(config_path, "stack", **opts)
     summary = run(inputs, output, bands=s["bands"], resolution=s["resolution"], like=like,
                   resampling=s["resampling"], mask=s["mask"], mask_values=s["mask_values"],
-                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"])
+                  mask_bits=s["mask_bits"], quality_mask=s["quality_mask"], keep_all_bands=s["keep_all_bands"],
+                  swath=swath)
     g = summary.grid
     what = f"{summary.product} " if summary.product else ""
-    msg = (f"wrote {output}: {what}bands {', '.join(summary.bands)} on {g.width} x {g.height} pixels of "
-           f"{abs(g.transform.a):g} ({g.crs.to_string()})")
+    names = summary.bands if len(summary.bands) <= 12 else [*summary.bands[:2], "...", summary.bands[-1]]
+    count = f"{len(summary.bands)} " if len(summary.bands) > 12 else ""
+    msg = (f"wrote {output}: {what}{count}bands {', '.join(names)} on {g.width} x {g.height} pixels of "
+           f"{abs(g.transform.a):g} ({g.crs.to_string() if g.crs else 'no CRS'})")
+    for note in summary.notes:
+        msg += f"; {note}"
     for label, count in summary.masked.items():
         msg += f"; {label} masked {count} of {g.width * g.height} pixels"
     if summary.mask_file:

@@ -3,20 +3,22 @@ centre wavelength, the default bands, and the product's quality layer with the v
 unusable (clouds, their shadows, no data).
 
 Sentinel-2 L2A (a ``.SAFE`` folder, or any folder of ``*_B02*.jp2|tif`` band files such as a BigEarthNet patch) and
-Landsat 4-9 Collection 2 (Level-2 ``*_SR_B*.TIF`` or Level-1 style ``*_B1.TIF`` band files, ``*_QA_PIXEL.TIF``).
+Landsat 4-9 Collection 2 (Level-2 ``*_SR_B*.TIF`` or Level-1 style ``*_B1.TIF`` band files, ``*_QA_PIXEL.TIF``),
+and pre-collection Landsat 4-8 scenes (``LT52240631988227CUB02_B1.TIF``: no QA_PIXEL, so no default mask).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, RsvaeWarning
 
 #: Sentinel-2 MSI centre wavelengths in nm (S2A; S2B differs by a few nm).
 S2_WAVELENGTHS = {"B01": 443, "B02": 490, "B03": 560, "B04": 665, "B05": 705, "B06": 740, "B07": 783,
@@ -40,7 +42,9 @@ LANDSAT_QA_BITS = (0, 1, 2, 3, 4)
 _RASTER = r"\.(jp2|tif|tiff)$"
 _S2_BAND = re.compile(r"_(B0[1-9]|B1[0-2]|B8A)(?:_(\d+)m)?" + _RASTER, re.I)
 _S2_SCL = re.compile(r"_SCL(?:_(\d+)m)?" + _RASTER, re.I)
-_LANDSAT = re.compile(r"^L([CEOT])0?([4-9])_")
+#: Collection names (``LC09_L2SP_...``, ``LT05_...``) or pre-collection scene IDs (``LT52240631988227CUB02_``:
+#: sensor, mission, path, row, year, day of year, ground station, version).
+_LANDSAT = re.compile(r"^L([CEOT])(?:0?([4-9])_|([4-8])\d{13}[A-Z0-9]{3}\d{2}_)")
 _LS_BAND = re.compile(r"_(SR_)?(B\d{1,2})" + _RASTER, re.I)
 _LS_QA = re.compile(r"_QA_PIXEL" + _RASTER, re.I)
 
@@ -90,6 +94,9 @@ class Product:
     def select(self, names: Sequence[str] | None = None) -> list[Band]:
         """The chosen bands in the order given (default: the reflective ones in wavelength order)."""
         wanted = list(names) if names else [b for b in self.default if b in self.bands]
+        if not names and (missing := [b for b in self.default if b not in self.bands]) and wanted:
+            warnings.warn(f"{self.folder}: {self.sensor} product lacks default band(s) {', '.join(missing)}; "
+                          f"stacking the other {len(wanted)}", RsvaeWarning, stacklevel=2)
         out = []
         for name in wanted:
             key = self._key(name)
@@ -160,11 +167,16 @@ def _sentinel2(folder: Path, files: list[Path]) -> Product | None:
                    S2_DEFAULT, quality)
 
 
+def _mission(match: re.Match) -> tuple[int, bool]:
+    """The Landsat mission number a name's match shows, and whether the name is a pre-collection scene ID."""
+    return int(match.group(2) or match.group(3)), match.group(3) is not None
+
+
 def _landsat(folder: Path, files: list[Path]) -> Product | None:
     named = [p for p in files if _LANDSAT.match(p.name)]
     if not named:
         return None
-    mission = int(_LANDSAT.match(named[0].name).group(2))
+    mission, pre = _mission(_LANDSAT.match(named[0].name))
     table, default = (OLI_WAVELENGTHS, OLI_DEFAULT) if mission >= 8 else (TM_WAVELENGTHS, TM_DEFAULT)
     level2 = any(_LS_BAND.search(p.name) and _LS_BAND.search(p.name).group(1) for p in named)
     bands: dict[str, Band] = {}
@@ -179,7 +191,7 @@ def _landsat(folder: Path, files: list[Path]) -> Product | None:
     if not bands:
         return None
     default = tuple(f"SR_{b}" if level2 else b for b in default)
-    level = "Collection 2 Level-2" if level2 else "Level-1"
+    level = "Collection 2 Level-2" if level2 else "pre-collection" if pre else "Level-1"
     return Product(folder, f"Landsat {mission} {level}", bands, default, quality)
 
 
@@ -204,7 +216,7 @@ def band_of_file(path: str | Path) -> tuple[str, float] | None:
     or None: band files given one by one are named and tagged like a product folder's."""
     name = Path(str(path)).name
     if (m := _LANDSAT.match(name)) and (b := _LS_BAND.search(name)):
-        table = OLI_WAVELENGTHS if int(m.group(2)) >= 8 else TM_WAVELENGTHS
+        table = OLI_WAVELENGTHS if _mission(m)[0] >= 8 else TM_WAVELENGTHS
         key = b.group(2).upper()
         return (f"SR_{key}" if b.group(1) else key, table[key]) if key in table else None
     if m := _S2_BAND.search(name):

@@ -77,6 +77,22 @@ def check_crs(detector: Detector, info, tile: str | Path) -> None:
                              f"no pixels copied) with: {fix}")
 
 
+def band_difference(model: Sequence[str], tile: Sequence[str | None]) -> str:
+    """`` (the tile lacks B8A; it has X too)`` for a band-count error, when the model and every band of the tile
+    have names (a stack missing a product's default band says which); else ''."""
+    from pipeline.products import normal_name
+
+    if not model or not tile or not all(tile):
+        return ""
+    have = {normal_name(n) for n in tile if n}
+    known = {normal_name(n) for n in model}
+    lacks = [b for b in model if normal_name(b) not in have]
+    extra = [b for b in tile if b and normal_name(b) not in known]
+    parts = [f"the tile lacks {', '.join(lacks)}"] if lacks else []
+    parts += [f"it has {', '.join(extra)} too"] if extra else []
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def score_raster(
     detector: Detector,
     tile: str | Path,
@@ -115,7 +131,11 @@ def score_raster(
         options["fast"] = fast
     with open_raster(tile) as ds:
         info = info_of(ds)
-        detector.check_bands(info.count, str(tile))
+        try:
+            detector.check_bands(info.count, str(tile))
+        except InputError as exc:  # name the bands too, where both sides name theirs
+            raise InputError(f"{exc}{band_difference(getattr(detector, 'band_names', ()), info.descriptions)}"
+                             ) from None
         check_crs(detector, info, tile)
         windows = iter_windows(ds)
     nodata = output_nodata(info)

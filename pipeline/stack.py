@@ -32,7 +32,6 @@ from pipeline.files import atomic_path
 from pipeline.products import MaskRule
 from pipeline.raster import (
     GDAL_ERRORS,
-    READ_ENV,
     RasterWriter,
     _gdal_message,
     _representable,
@@ -41,6 +40,7 @@ from pipeline.raster import (
     info_of,
     is_dataset_name,
     open_raster,
+    read_env,
     tile_name,
 )
 
@@ -49,6 +49,11 @@ RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average
 VRT_BLOCK = 512
 #: Rows and columns of one window when computing masks or materialising a COG (multiples of the COG's tiles).
 WRITE_WINDOW = (256, 2048)
+#: Largest pixel-interleaved 256 x 256 tile (bytes, all bands) a materialised stack is written as a COG with;
+#: beyond it (more than 128 float32 or 256 int16 bands: a hyperspectral stack) GDAL's overview and COG steps
+#: slow down hundreds of times (512 x 512 float32: 120 bands 22 s, 240 bands 529 s), so the stack is written
+#: as a plain tiled, band-interleaved GeoTIFF instead (``RasterWriter(cog=False)``: 1.5 s for 240 bands).
+COG_TILE_LIMIT = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class StackSummary:
     #: pixels each mask removed (by its label), counted on the stack's grid
     masked: dict[str, int] = field(default_factory=dict)
     product: str | None = None
+    #: what the user should know of the band choice (a hyperspectral product's dropped bands)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,7 @@ def _warped_xml(inp: _Input, grid: Grid, resampling: str) -> str:
     from rasterio.vrt import WarpedVRT
 
     name = inp.path if is_dataset_name(inp.path) else os.path.abspath(inp.path)
-    with rasterio.Env(**READ_ENV), rasterio.open(name) as src, \
+    with rasterio.Env(**read_env(name)), rasterio.open(name) as src, \
             WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                       resampling=Resampling[resampling]) as vrt, MemoryFile(ext=".vrt") as mem:
         copy(vrt, mem.name, driver="VRT")
@@ -424,11 +431,14 @@ def mask_path(output: str | Path) -> Path:
 def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | None = None,
           resolution: float | None = None, like: str | None = None, resampling: str = "bilinear",
           mask: str | None = None, mask_values: Sequence[int] | None = None, mask_bits: Sequence[int] | None = None,
-          quality_mask: bool = True) -> StackSummary:
+          quality_mask: bool = True, keep_all_bands: bool = False, swath: bool = False) -> StackSummary:
     """Put the bands of one scene on one grid: a VRT referencing the inputs (``.vrt``) or a COG (``.tif``).
 
     Every check (inputs readable and overlapping, bands present, masks covering) happens before anything is
-    written; outputs go through a temporary and a rename.
+    written; outputs go through a temporary and a rename. A hyperspectral product (``hyperspectral.recognise``)
+    gives its good bands outside the water-vapour windows (``keep_all_bands``: all); an EMIT or PRISMA product's
+    bands are first written as ``SCENE.cube.tif`` beside the output (removed again when the output is a .tif);
+    ``swath`` writes an EMIT product's bands on its swath grid as the output .tif, without georeference.
     """
     output = Path(output)
     suffix = output.suffix.lower()
@@ -442,7 +452,43 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
         raise InputError("--mask-values and --mask-bits need --mask FILE")
     if mask is not None and not (mask_values or mask_bits):
         raise InputError(f"{mask}: say which pixels it masks with --mask-values V,... or --mask-bits B,...")
-    sources, rules, sensor = plan_inputs(inputs, bands, quality_mask)
+    from pipeline import hyperspectral
+
+    notes: list[str] = []
+    hyper = hyperspectral.recognise(inputs)
+    if swath:
+        if hyper is None or suffix == ".vrt":
+            raise InputError(f"{inputs[0]}: --swath writes an EMIT product's swath as a .tif; give one EMIT .nc "
+                             "and -o SCENE.tif")
+        if like or resolution or mask:
+            raise InputError(f"{inputs[0]}: --swath keeps the sensor's grid; --like, --resolution and --mask "
+                             "do not apply to it")
+        chosen = hyper.choose(bands, keep_all_bands)
+        crs, transform, width, height = hyperspectral.write_cube(hyper, chosen, output, swath=True)
+        return StackSummary(str(output), [b.name for b in chosen], Grid(crs, transform, width, height),
+                            product=f"{hyper.sensor} (swath grid)")
+    if hyper is not None:
+        sources, rules, notes = hyperspectral.plan(hyper, output, bands, keep_all_bands, quality_mask)
+        sensor = hyper.sensor
+        if hyper.image is None and suffix != ".vrt":  # the cube is only a step towards the .tif
+            try:
+                return _stack_sources(sources, rules, sensor, notes, output, resolution=resolution, like=like,
+                                      resampling=resampling, mask=mask, mask_values=mask_values,
+                                      mask_bits=mask_bits)
+            finally:
+                hyperspectral.cube_path(output).unlink(missing_ok=True)
+                hyperspectral.quality_path(output).unlink(missing_ok=True)
+    else:
+        sources, rules, sensor = plan_inputs(inputs, bands, quality_mask)
+    return _stack_sources(sources, rules, sensor, notes, output, resolution=resolution, like=like,
+                          resampling=resampling, mask=mask, mask_values=mask_values, mask_bits=mask_bits)
+
+
+def _stack_sources(sources: list[Source], rules: list[MaskRule], sensor: str | None, notes: list[str],
+                   output: Path, *, resolution: float | None, like: str | None, resampling: str, mask: str | None,
+                   mask_values: Sequence[int] | None, mask_bits: Sequence[int] | None) -> StackSummary:
+    """``stack`` once its bands and masks are known: the grid, the checks, the VRT or COG."""
+    suffix = output.suffix.lower()
     if mask is not None:
         rules.append(MaskRule(str(mask), "--mask", tuple(mask_values or ()), tuple(mask_bits or ())))
     opened = _open_inputs([s.path for s in sources])
@@ -454,7 +500,7 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
     for rule in rules:
         _check_mask_covers(rule, grid)
     dtype = _stack_dtype(opened)
-    summary = StackSummary(str(output), [s.name for s in sources], grid, product=sensor)
+    summary = StackSummary(str(output), [s.name for s in sources], grid, product=sensor, notes=notes)
     # Where an input leaves part of the grid empty (a warped input's corners, a --like grid larger than it),
     # the stack needs a nodata value so those pixels are invalid, not zeros.
     gaps = any(not _same_grid_family(i, grid) or not _covers(i, grid) for i in opened.values())
@@ -481,7 +527,7 @@ def _check_vrt(path: Path, output: Path) -> None:
     """Open a written VRT (from the folder it goes to, so relative paths resolve) and read one pixel of every
     band and of its mask: a VRT GDAL cannot read is never put in place."""
     try:
-        with rasterio.Env(**READ_ENV), rasterio.open(path) as ds:
+        with rasterio.Env(**read_env(path)), rasterio.open(path) as ds:
             w = Window(0, 0, 1, 1)
             ds.read(window=w)
             ds.read_masks(1, window=w)
@@ -507,12 +553,13 @@ def _materialise(sources: Sequence[Source], inputs: dict[str, _Input], grid: Gri
     from rasterio.io import MemoryFile
 
     xml = build_vrt(sources, inputs, grid, resampling=resampling, nodata=nodata, dtype=dtype, vrt_dir=None)
-    with rasterio.Env(**READ_ENV), MemoryFile(xml.encode(), ext=".vrt") as mem, mem.open() as vrt, \
+    with rasterio.Env(**read_env(xml)), MemoryFile(xml.encode(), ext=".vrt") as mem, mem.open() as vrt, \
             _MaskReader(rules, grid) as masks, RasterWriter(
                 output, width=grid.width, height=grid.height, count=len(sources), dtype=dtype, crs=grid.crs,
                 transform=grid.transform, nodata=nodata, descriptions=[s.name for s in sources],
                 band_tags=[{"wavelength": f"{s.wavelength:g}"} if s.wavelength is not None else {}
-                           for s in sources]) as w:
+                           for s in sources],
+                cog=256 * 256 * len(sources) * np.dtype(dtype).itemsize <= COG_TILE_LIMIT) as w:
         for window in _windows(grid):
             try:
                 data = vrt.read(window=window)

@@ -146,6 +146,8 @@ def _product(path: str, *, explicit: bool, key: str) -> bool:
 
     if not os.path.isdir(path):
         return False
+    if _hyperspectral(path):  # an EnMAP L2A folder
+        return True
     try:
         recognise(path)
     except InputError as exc:
@@ -153,6 +155,18 @@ def _product(path: str, *, explicit: bool, key: str) -> bool:
             raise ConfigError(f"{key}: {exc}") from None
         return False
     return True
+
+
+def _hyperspectral(path: str) -> bool:
+    """Whether ``path`` is a hyperspectral product (EnMAP folder, EMIT .nc, PRISMA .he5, ENVI file with
+    wavelengths), which becomes a stack job like a product folder; a damaged one is a ConfigError naming it."""
+    from pipeline import hyperspectral
+    from pipeline.errors import InputError
+
+    try:
+        return hyperspectral.recognise([path]) is not None
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dict[str, str]:
@@ -164,7 +178,7 @@ def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dic
 
     out = {}
     for name, path in tiles.items():
-        if os.path.isdir(path) or is_dataset_name(path) or is_item_name(path):
+        if os.path.isdir(path) or is_dataset_name(path) or is_item_name(path) or _hyperspectral(path):
             if name in stacks and os.path.realpath(stacks[name]) != os.path.realpath(path):
                 raise ConfigError(f"two tiles to stack named {name!r} ({stacks[name]} and {path})")
             stacks[name] = path
