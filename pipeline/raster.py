@@ -586,12 +586,6 @@ def output_nodata(info: RasterInfo) -> float:
     return float(info.nodata)
 
 
-def check_same_bands(info: RasterInfo, count: int, source: str) -> None:
-    """Raise a clear InputError when a raster's band count differs from what ``source`` expects."""
-    if info.count != count:
-        raise InputError(f"{info.path}: has {info.count} bands but {source} expects {count}")
-
-
 # --------------------------------------------------------------------------------------------- writing
 
 #: Creation options of the final Cloud Optimized GeoTIFF: deflate + floating-point predictor is what every

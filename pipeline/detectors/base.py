@@ -260,8 +260,3 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-def finite_or_none(x: float) -> float | None:
-    """A float for JSON: None where not finite (JSON has no NaN)."""
-    return float(x) if math.isfinite(x) else None
