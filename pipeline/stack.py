@@ -282,12 +282,12 @@ def _warped_xml(inp: _Input, grid: Grid, resampling: str) -> str:
 def build_vrt(sources: Sequence[Source], inputs: dict[str, _Input], grid: Grid, *, resampling: str,
               nodata: float | None, dtype: str, vrt_dir: Path | None, mask_file: str | None = None) -> str:
     """The stack's VRT XML: one band per source on ``grid``; paths relative to ``vrt_dir`` (absolute when None)."""
-    from rasterio.dtypes import _gdal_typename
+    from rasterio.dtypes import dtype_rev, typename_fwd  # public: numpy name -> GDAL type code -> GDAL type name
 
     root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
     ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
-    gdal_type = _gdal_typename(dtype)
+    gdal_type = typename_fwd[dtype_rev[np.dtype(dtype).name]]
     warped: dict[str, str] = {}
     for i, src in enumerate(sources, start=1):
         inp = inputs[src.path]
