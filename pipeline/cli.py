@@ -83,12 +83,16 @@ def pixel_bar(total: int, quiet: bool, desc: str) -> Iterator[Callable[[int], No
         yield bar.update
 
 
+#: -q/--quiet, the one declaration every command uses.
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+
+
 def common(func: Callable) -> Callable:
-    """--config and --quiet, shared by every command."""
+    """--config and --quiet, shared by every command that reads a config."""
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="YAML config (same file as the workflow's); command-line options override it.")
-    @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+    @quiet_option
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -404,7 +408,7 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="With --truth: folder for the metrics, OUTDIR/NAME.json.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Folder for PNG plots (ROC, quicklook, histogram).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | None, outdir: str | None,
              plots: str | None, quiet: bool) -> None:
     """Compare a score raster with a truth raster (1 = anomaly) on the same grid: FILES is SCORES TRUTH, or
@@ -456,7 +460,7 @@ def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | No
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tuple[str, ...], parts: tuple[str, ...],
               model: str | None, output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
     """Tabulate every tile's results: pixels flagged in its mask, its detections (count, count at rarity >= 4,
@@ -487,7 +491,7 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tupl
               help="With --outdir: overlay each raster's mask MASK_DIR/NAME.tif.")
 @click.option("--band", type=int, help="Band of SCORES to show.  [default: rarity, else 1]")
 @click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def quicklook(scores: tuple[str, ...], output: str | None, outdir: str | None, mask: str | None,
               mask_dir: str | None, band: int | None, max_size: int, quiet: bool) -> None:
     """Draw a PNG quicklook of each SCORES raster (rarity on a fixed 0-8 scale, other bands
@@ -538,11 +542,9 @@ def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suff
       rsvae detect results/scores/*.tif --outdir results/detections
     """
     from pipeline.detections import detect as run
-    from pipeline.detections import detect_tiles
-    from pipeline.errors import InputError
+    from pipeline.detections import detect_tiles, threshold_of
 
-    if min_rarity is not None and fpr is not None:
-        raise InputError("give --min-rarity or --fpr, not both")
+    threshold_of(min_rarity, fpr)  # both given: a usage conflict (exit 2), before any other check
     many = one_or_many(scores, output, outdir, {}, {"--format": suffix})
     s, _ = settings(config_path, "detect", min_rarity=min_rarity, min_pixels=min_pixels)
     threshold = {"min_rarity": None if fpr is not None else s["min_rarity"], "fpr": fpr,
@@ -559,7 +561,7 @@ def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suff
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Merged detections (.gpkg, .geojson or .fgb).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def merge_detections(inputs: tuple[str, ...], output: str, quiet: bool) -> None:
     """Merge per-tile detection files into one layer, ranked again across all tiles.
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
-from pipeline.errors import InputError, RsvaeWarning
+from pipeline.errors import InputError, RsvaeWarning, UsageConflict
 from pipeline.raster import (
     Block,
     BlockReader,
@@ -101,7 +101,7 @@ def score_raster(
     ``fast=False`` is handed to the detector (the VAE's previous scoring path instead of the folded one).
     """
     if mask_out is not None and fpr is None:
-        raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
+        raise UsageConflict("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
@@ -183,7 +183,7 @@ def score_tiles(
     """
     if mask_dir is not None:
         if fpr is None:
-            raise InputError("--mask-dir needs --fpr (the false-alarm rate that sets the threshold)")
+            raise UsageConflict("--mask-dir needs --fpr (the false-alarm rate that sets the threshold)")
         detector.threshold(fpr)
     jobs = plan_outputs(tiles, {"scores": outdir, "mask": mask_dir})
 

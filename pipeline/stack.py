@@ -27,7 +27,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
 from pipeline.products import MaskRule
 from pipeline.raster import (
@@ -282,7 +282,8 @@ def _warped_xml(inp: _Input, grid: Grid, resampling: str) -> str:
 def build_vrt(sources: Sequence[Source], inputs: dict[str, _Input], grid: Grid, *, resampling: str,
               nodata: float | None, dtype: str, vrt_dir: Path | None, mask_file: str | None = None) -> str:
     """The stack's VRT XML: one band per source on ``grid``; paths relative to ``vrt_dir`` (absolute when None)."""
-    from rasterio.dtypes import dtype_rev, typename_fwd  # public: numpy name -> GDAL type code -> GDAL type name
+    # rasterio's public tables: numpy name -> GDAL type code -> GDAL type name
+    from rasterio.dtypes import dtype_rev, typename_fwd
 
     root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
     ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
@@ -439,9 +440,9 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
     if resolution is not None and not resolution > 0:
         raise InputError(f"--resolution {resolution}: must be a positive number of CRS units")
     if mask is None and (mask_values or mask_bits):
-        raise InputError("--mask-values and --mask-bits need --mask FILE")
+        raise UsageConflict("--mask-values and --mask-bits need --mask FILE")
     if mask is not None and not (mask_values or mask_bits):
-        raise InputError(f"{mask}: say which pixels it masks with --mask-values V,... or --mask-bits B,...")
+        raise UsageConflict(f"{mask}: say which pixels it masks with --mask-values V,... or --mask-bits B,...")
     sources, rules, sensor = plan_inputs(inputs, bands, quality_mask)
     if mask is not None:
         rules.append(MaskRule(str(mask), "--mask", tuple(mask_values or ()), tuple(mask_bits or ())))
