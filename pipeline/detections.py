@@ -26,8 +26,9 @@ from rasterio.windows import Window
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
+from pipeline.names import tile_name
 from pipeline.rarity import band_of
-from pipeline.raster import open_raster, tile_name
+from pipeline.raster import open_raster
 
 #: Default threshold: one normal pixel in 100 000 scores as high (about one false pixel per 100 000-pixel tile).
 DEFAULT_MIN_RARITY = 5.0

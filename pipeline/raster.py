@@ -11,7 +11,6 @@ import errno
 import math
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -31,6 +30,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError, OutputError
 from pipeline.files import make_parent
+from pipeline.names import is_dataset_name
 
 #: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through.
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
@@ -67,68 +67,6 @@ class RasterInfo:
     @property
     def georeferenced(self) -> bool:
         return self.crs is not None or not self.transform.is_identity
-
-
-#: A URL scheme (http://, s3://, gs://, ...): rasterio maps these to GDAL's /vsicurl/, /vsis3/, ... itself.
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-#: A driver-prefixed subdataset name (SENTINEL2_L2A:..., NETCDF:..., HDF5:...); two or more characters, so a
-#: Windows drive letter is not one.
-_SUBDATASET = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")
-
-
-def is_dataset_name(path: str | Path) -> bool:
-    """Whether ``path`` names a GDAL dataset that is no local file: a /vsi path, a URL or a subdataset name.
-
-    The one place that decides "local file or GDAL dataset name": local paths get the file checks (missing,
-    folder, empty), dataset names go to GDAL as they are. An existing local file always counts as local.
-    """
-    text = os.fspath(path)
-    if text.startswith("/vsi") or _URL.match(text):
-        return True
-    return bool(_SUBDATASET.match(text)) and not os.path.exists(text)
-
-
-def tile_name(path: str | Path) -> str:
-    """A short name of a tile for output file names and tables: the file name without extension.
-
-    Works for dataset names too: ``https://host/a/x.tif?sig=...`` -> ``x``, ``/vsizip/s.zip/x.tif`` -> ``x``,
-    ``SENTINEL2_L2A:/d/S2A_X.SAFE/MTD_MSIL2A.xml:10m:EPSG_32632`` -> ``S2A_X_10m_EPSG_32632``.
-    """
-    text = os.fspath(path)
-    if is_dataset_name(text) and _SUBDATASET.match(text) and not _URL.match(text):
-        _, rest = text.split(":", 1)
-        rest = rest.strip('"')
-        file, _, extra = rest.partition(":")
-        folder = Path(file).parent.name if Path(file).suffix.lower() == ".xml" else Path(file).name
-        base = re.sub(r"\.(safe|zip)$", "", folder or Path(file).stem, flags=re.I)
-        parts = [base, *(p for p in re.split(r"[:/]", extra) if p)]
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts))
-    if _URL.match(text):
-        text = re.split(r"[?#]", text, maxsplit=1)[0]
-    name = Path(text.rstrip("/")).name
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "tile"
-
-
-def gdal_name(path: str | Path) -> str:
-    """The name GDAL itself opens for ``path``: URLs as rasterio maps them (``https://`` -> ``/vsicurl/https://``,
-    ``s3://b/k`` -> ``/vsis3/b/k``), everything else unchanged. For names written where GDAL, not rasterio, reads
-    them (a VRT's sources)."""
-    text = os.fspath(path)
-    if not _URL.match(text):
-        return text
-    from rasterio._path import _parse_path  # rasterio's own URL mapping (what rasterio.open does)
-
-    try:
-        return _parse_path(text).as_vsi()
-    except (ValueError, AttributeError):
-        return text
-
-
-def file_name(path: str | Path) -> str:
-    """The file name of a tile as recorded in samples and score tags: the local file's name, or for a dataset
-    name (URL, /vsi path, subdataset) its ``tile_name``."""
-    return tile_name(path) if is_dataset_name(path) else Path(path).name
 
 
 def _check_path(path: str | Path) -> str:

@@ -26,7 +26,8 @@ from pipeline import __version__
 from pipeline.batch import BatchResult, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
 from pipeline.files import make_parent
-from pipeline.raster import WindowReader, file_name, info_of, is_dataset_name, iter_windows, open_raster
+from pipeline.names import file_name, is_dataset_name
+from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, RsvaeWarning, UsageConflict
+from pipeline.names import file_name, tile_name
 from pipeline.raster import (
     Block,
     BlockReader,
@@ -27,13 +28,11 @@ from pipeline.raster import (
     RasterWriter,
     check_distinct,
     commit_together,
-    file_name,
     info_of,
     iter_windows,
     open_raster,
     output_nodata,
     pixel_major,
-    tile_name,
     writer_like,
 )
 from pipeline.styles import write_raster_qml

@@ -29,6 +29,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
+from pipeline.names import gdal_name, is_dataset_name, tile_name
 from pipeline.products import MaskRule
 from pipeline.raster import (
     GDAL_ERRORS,
@@ -37,11 +38,8 @@ from pipeline.raster import (
     _gdal_message,
     _representable,
     check_distinct,
-    gdal_name,
     info_of,
-    is_dataset_name,
     open_raster,
-    tile_name,
 )
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")

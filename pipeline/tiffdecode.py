@@ -54,7 +54,7 @@ class TileDecoder:
     @classmethod
     def open(cls, ds: rasterio.io.DatasetReader) -> tuple[TileDecoder | None, str]:
         """A decoder for the open dataset ``ds`` (``(decoder, "")``), or ``(None, why not)``: then read with GDAL."""
-        from pipeline.raster import is_dataset_name
+        from pipeline.names import is_dataset_name
 
         name = ds.name
         if ds.driver != "GTiff" or is_dataset_name(name) or not os.path.isfile(name):
