@@ -277,7 +277,8 @@ def _timed(f) -> float:
 
 def stage_io_plain(raster: str, out: str) -> dict:
     """An I/O-only loop without any overlap: read a block, write a 3-band block with rsvae's writer, repeat."""
-    from pipeline.raster import WindowReader, info_of, iter_windows, open_raster, output_nodata, writer_like
+    from pipeline.cog_writer import output_nodata, writer_like
+    from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
 
     t0 = time.perf_counter()
     with open_raster(raster) as ds:

@@ -43,7 +43,8 @@ class RsvaeGroup(click.Group):
             click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt as exc:
-            from pipeline.raster import remove_temporaries, stop_workers
+            from pipeline.cog_writer import remove_temporaries
+            from pipeline.raster import stop_workers
 
             stop_workers()  # reader/writer threads whose context manager the signal hit before it joined them
             remove_temporaries()  # whatever a writer could not remove itself (the signal hit its way in or out)
@@ -378,8 +379,9 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
           --mask-out work/masks/tile_000.tif --fpr 0.001
       rsvae score work/model demo/test/*.tif --outdir work/scores --mask-dir work/masks --fpr 0.001
     """
+    from pipeline.cog_writer import check_distinct
     from pipeline.detectors import load_detector
-    from pipeline.raster import check_distinct, describe
+    from pipeline.raster import describe
     from pipeline.scoring import score_raster, score_tiles
 
     many = one_or_many(tiles, output, outdir, {"--mask-out": mask_out}, {"--mask-dir": mask_dir})

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
+from pipeline.cog_writer import check_distinct
 from pipeline.detectors.base import Detector, file_digest
 from pipeline.detectors.vae import F32_MAX, VAEDetector
 from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
 from pipeline.files import atomic_path
-from pipeline.raster import check_distinct, describe, pixel_index, read_pixel
+from pipeline.raster import describe, pixel_index, read_pixel
 
 if TYPE_CHECKING:
     from pipeline.scoring import ScoreSummary

@@ -27,20 +27,12 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 
+from pipeline.cog_writer import RasterWriter, check_distinct
 from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
 from pipeline.names import gdal_name, is_dataset_name, tile_name
 from pipeline.products import MaskRule
-from pipeline.raster import (
-    GDAL_ERRORS,
-    READ_ENV,
-    RasterWriter,
-    _gdal_message,
-    _representable,
-    check_distinct,
-    info_of,
-    open_raster,
-)
+from pipeline.raster import GDAL_ERRORS, READ_ENV, _gdal_message, _representable, info_of, open_raster
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
 #: Block size the VRT declares: the windows every command streams the stack by.

@@ -4,16 +4,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline.cog_writer import RasterWriter, write_raster
 from pipeline.errors import InputError
-from pipeline.raster import (
-    RasterWriter,
-    WindowReader,
-    describe,
-    iter_windows,
-    open_raster,
-    valid_mask,
-    write_raster,
-)
+from pipeline.raster import WindowReader, describe, iter_windows, open_raster, valid_mask
 from tests.conftest import write_tif
 
 
@@ -158,7 +151,7 @@ def test_block_writer_raises_the_writing_threads_error(tmp_path):
 
 
 def test_overview_factors_until_one_block():
-    from pipeline.raster import overview_factors
+    from pipeline.cog_writer import overview_factors
 
     assert overview_factors(256, 256) == []
     assert overview_factors(600, 600) == [2, 4]

@@ -164,7 +164,7 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
 
     import rasterio.shutil
 
-    from pipeline import raster
+    from pipeline import cog_writer
 
     events: list[str] = []
     real_copy, real_replace = rasterio.shutil.copy, os.replace
@@ -177,8 +177,8 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
         real_replace(src, dst)
         events.append(f"rename {os.path.basename(dst)}")
 
-    monkeypatch.setattr(raster.rasterio.shutil, "copy", copy)
-    monkeypatch.setattr(raster.os, "replace", replace)
+    monkeypatch.setattr(cog_writer.rasterio.shutil, "copy", copy)
+    monkeypatch.setattr(cog_writer.os, "replace", replace)
     det = load_detector(model_dir)
     score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
     assert events == ["cog", "cog", "rename s.tif", "rename m.tif", "rename s.qml"]  # the style once both are in
@@ -187,13 +187,13 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
 def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_path, monkeypatch):
     """When the score raster cannot be finished (its mask already is), neither output is replaced and no temporary
     is left: a new mask never lands beside the previous scores."""
-    from pipeline import raster
+    from pipeline import cog_writer
     from pipeline.errors import OutputError
 
     det = load_detector(model_dir)
     (tmp_path / "s.tif").write_bytes(b"previous scores")
     (tmp_path / "m.tif").write_bytes(b"previous mask")
-    real_check = raster.check_complete
+    real_check = cog_writer.check_complete
 
     def check(path):
         name = str(path).rsplit("/", 1)[-1]
@@ -201,7 +201,7 @@ def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_pat
             raise OutputError(f"{path}: simulated failure")
         real_check(path)
 
-    monkeypatch.setattr(raster, "check_complete", check)
+    monkeypatch.setattr(cog_writer, "check_complete", check)
     with pytest.raises(OutputError, match="simulated"):
         score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
     assert (tmp_path / "s.tif").read_bytes() == b"previous scores"
@@ -213,7 +213,7 @@ def test_a_failed_rename_is_one_error_and_leaves_nothing(model_dir, demo, tmp_pa
     """If the second output cannot be renamed into place, the error names it and no temporary stays behind."""
     import os
 
-    from pipeline import raster
+    from pipeline import cog_writer
     from pipeline.errors import OutputError
 
     real_replace = os.replace
@@ -223,7 +223,7 @@ def test_a_failed_rename_is_one_error_and_leaves_nothing(model_dir, demo, tmp_pa
             raise PermissionError(13, "Permission denied")
         real_replace(src, dst)
 
-    monkeypatch.setattr(raster.os, "replace", replace)
+    monkeypatch.setattr(cog_writer.os, "replace", replace)
     with pytest.raises(OutputError, match=r"m\.tif: cannot put the output in place \(Permission denied\)"):
         score_raster(load_detector(model_dir), demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif",
                      fpr=0.01)
