@@ -191,7 +191,8 @@ def stage_read(raster: str, reader: str = "gdal") -> dict:
     dataset handle in one thread (the targets' baseline); ``rsvae1``, rsvae's reader in one thread (tiles of a
     pixel-interleaved GeoTIFF decoded directly, ``pipeline/tiffdecode.py``); ``rsvae2``, its streaming reader with
     two threads (a handle each), as ``rsvae score`` reads."""
-    from pipeline.raster import BlockReader, info_of, iter_windows, open_raster
+    from pipeline.raster import info_of, iter_windows, open_raster
+    from pipeline.streaming import BlockReader
 
     t0 = time.perf_counter()
     total = 0

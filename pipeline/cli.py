@@ -44,7 +44,7 @@ class RsvaeGroup(click.Group):
             ctx.exit(1)
         except KeyboardInterrupt as exc:
             from pipeline.cog_writer import remove_temporaries
-            from pipeline.raster import stop_workers
+            from pipeline.streaming import stop_workers
 
             stop_workers()  # reader/writer threads whose context manager the signal hit before it joined them
             remove_temporaries()  # whatever a writer could not remove itself (the signal hit its way in or out)

@@ -22,7 +22,8 @@ from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_
 from pipeline.cog_writer import RasterWriter, check_distinct, commit_together, output_nodata, writer_like
 from pipeline.errors import InputError, RsvaeWarning, UsageConflict
 from pipeline.names import file_name, tile_name
-from pipeline.raster import Block, BlockReader, BlockWriter, info_of, iter_windows, open_raster, pixel_major
+from pipeline.raster import info_of, iter_windows, open_raster, pixel_major
+from pipeline.streaming import Block, BlockReader, BlockWriter
 from pipeline.styles import write_raster_qml
 
 if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
