@@ -43,11 +43,9 @@ class RsvaeGroup(click.Group):
             click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt as exc:
-            from pipeline.cog_writer import remove_temporaries
-            from pipeline.streaming import stop_workers
+            from pipeline.streaming import cleanup
 
-            stop_workers()  # reader/writer threads whose context manager the signal hit before it joined them
-            remove_temporaries()  # whatever a writer could not remove itself (the signal hit its way in or out)
+            cleanup()  # threads and temporaries that the signal kept their own context managers from ending
             click.echo("Interrupted; no partial output was left.", err=True)
             ctx.exit(128 + getattr(exc, "signum", signal.SIGINT))
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from pipeline.cog_writer import RasterWriter
+from pipeline.cog_writer import RasterWriter, remove_temporaries
 from pipeline.errors import OutputError
 from pipeline.raster import WindowReader, open_raster
 
@@ -261,3 +261,11 @@ class BlockWriter:
             join_all([self._thread], self._stop)
         if exc_type is None and self._error is not None:
             raise self._error
+
+
+def cleanup() -> None:
+    """After an interrupt, before the process exits: stop and join every reader and writer thread (whose context
+    manager the signal hit before it joined them), then remove whatever temporaries a writer could not remove itself
+    (the signal hit its way in or out)."""
+    stop_workers()
+    remove_temporaries()
