@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 #: A URL scheme (http://, s3://, gs://, ...): rasterio maps these to GDAL's /vsicurl/, /vsis3/, ... itself.
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -50,19 +51,36 @@ def tile_name(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "tile"
 
 
+#: URL schemes and the GDAL virtual file system each maps to, as rasterio.open maps them (``zip+https://`` chains
+#: them: /vsizip/vsicurl/...); a URL with any other scheme goes to GDAL unchanged.
+VSI_SCHEMES = {"ftp": "curl", "http": "curl", "https": "curl", "s3": "s3", "gs": "gs", "az": "az", "oss": "oss",
+               "gzip": "gzip", "tar": "tar", "zip": "zip", "file": "file"}
+
+
 def gdal_name(path: str | Path) -> str:
     """The name GDAL itself opens for ``path``: URLs as rasterio maps them (``https://`` -> ``/vsicurl/https://``,
-    ``s3://b/k`` -> ``/vsis3/b/k``), everything else unchanged. For names written where GDAL, not rasterio, reads
-    them (a VRT's sources)."""
+    ``s3://b/k`` -> ``/vsis3/b/k``, ``zip+s3://b/a.zip!x.tif`` -> ``/vsizip/vsis3/b/a.zip/x.tif``), everything else
+    unchanged. For names written where GDAL, not rasterio, reads them (a VRT's sources)."""
     text = os.fspath(path)
     if not _URL.match(text):
         return text
-    from rasterio._path import _parse_path  # rasterio's own URL mapping (what rasterio.open does)
-
     try:
-        return _parse_path(text).as_vsi()
-    except (ValueError, AttributeError):
+        parts = urlsplit(text)
+    except ValueError:  # not a URL after all (a bad IPv6 host): GDAL gets it as it is
         return text
+    schemes = parts.scheme.lower().split("+")
+    if not all(s in VSI_SCHEMES for s in schemes):
+        return text
+    path, archive = parts.path + (f"?{parts.query}" if parts.query else ""), None
+    if schemes[0] in ("gzip", "tar", "zip") and "!" in path:
+        archive, path = path.rsplit("!", 1)
+    if parts.netloc:
+        archive, path = (parts.netloc + archive, path) if archive else (None, parts.netloc + path)
+    prefix = "/".join(f"vsi{VSI_SCHEMES[s]}" for s in schemes if s != "file")
+    if not prefix:
+        return path
+    curl = f"{schemes[-1]}://" if VSI_SCHEMES[schemes[-1]] == "curl" else ""
+    return f"/{prefix}/{curl}{archive}/{path.lstrip('/')}" if archive else f"/{prefix}/{curl}{path}"
 
 
 def file_name(path: str | Path) -> str:
