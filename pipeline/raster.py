@@ -23,6 +23,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError
 from pipeline.names import is_dataset_name
+from pipeline.tiffdecode import TileDecoder
 
 #: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through.
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
@@ -197,8 +198,6 @@ class WindowReader:
     """
 
     def __init__(self, ds: rasterio.io.DatasetReader, direct: bool = True):
-        from pipeline.tiffdecode import TileDecoder
-
         self.ds = ds
         self.nodata = ds.nodata
         self.read_masks = _needs_mask_read(ds)
