@@ -25,7 +25,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import OutputError
 from pipeline.files import make_parent
-from pipeline.raster import GDAL_ERRORS, RasterInfo, _gdal_message, _representable
+from pipeline.raster import GDAL_ERRORS, RasterInfo, gdal_message, representable
 
 #: Nodata of float outputs when the input has none (or a NaN one): finite, so every GIS tool honours it.
 DEFAULT_NODATA = -9999.0
@@ -96,7 +96,7 @@ class _BandStats:
             v = band.ravel()
             keep = np.isfinite(v) if v.dtype.kind == "f" else None
             if self.nodata is not None and not math.isnan(self.nodata):
-                ne = v != v.dtype.type(self.nodata) if _representable(self.nodata, v.dtype) else None
+                ne = v != v.dtype.type(self.nodata) if representable(self.nodata, v.dtype) else None
                 keep = ne if keep is None else (keep if ne is None else keep & ne)
             if keep is not None and not keep.all():
                 v = v[keep]
@@ -195,7 +195,7 @@ class RasterWriter:
         except (OSError, *GDAL_ERRORS) as exc:
             note = _disk_note(self.path.parent)
             self._abort()
-            raise OutputError(f"{self.path}: cannot write output ({_gdal_message(exc)}){note}") from None
+            raise OutputError(f"{self.path}: cannot write output ({gdal_message(exc)}){note}") from None
         except BaseException:  # Ctrl-C / SIGTERM after the file was made: __exit__ will not run
             self._abort()
             raise
@@ -226,7 +226,7 @@ class RasterWriter:
             try:
                 self._ds.write(array, window=window)
             except (OSError, *GDAL_ERRORS) as exc:
-                raise OutputError(f"{self.path}: write failed ({_gdal_message(exc)})"
+                raise OutputError(f"{self.path}: write failed ({gdal_message(exc)})"
                                   f"{_disk_note(self.path.parent)}") from None
             self.stats.update(array)
 
@@ -238,7 +238,7 @@ class RasterWriter:
         except (OSError, *GDAL_ERRORS) as err:
             note = _disk_note(self.path.parent)
             self._cleanup()
-            raise OutputError(f"{self.path}: write failed ({_gdal_message(err)}){note}") from None
+            raise OutputError(f"{self.path}: write failed ({gdal_message(err)}){note}") from None
         finally:
             remove_temporaries((self._tmp,) if self._held else (self._tmp, self._cog))
 

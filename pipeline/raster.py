@@ -88,7 +88,7 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
             ds = rasterio.open(path)
         except GDAL_ERRORS as exc:
             what = "cannot open" if is_dataset_name(path) else "not a readable raster"
-            raise InputError(f"{path}: {what} ({_gdal_message(exc)})") from None
+            raise InputError(f"{path}: {what} ({gdal_message(exc)})") from None
         with ds:
             if ds.count < 1:
                 raise InputError(f"{path}: raster has no bands")
@@ -97,7 +97,7 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
             yield ds
 
 
-def _gdal_message(exc: BaseException) -> str:
+def gdal_message(exc: BaseException) -> str:
     """GDAL's complaint in one line; rasterio's "See previous exception" is replaced by that exception."""
     while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
         exc = exc.__cause__ or exc.__context__
@@ -174,14 +174,14 @@ def valid_mask(data: np.ndarray, nodata: float | None, masks: np.ndarray | None 
     tmp = scratch.reshape(-1)[:data.size].reshape(data.shape) if scratch is not None else None
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.logical_and.reduce(np.isfinite(data, out=tmp), axis=axis)
-    if nodata is not None and not math.isnan(nodata) and _representable(nodata, data.dtype):
+    if nodata is not None and not math.isnan(nodata) and representable(nodata, data.dtype):
         valid &= np.logical_and.reduce(np.not_equal(data, data.dtype.type(nodata), out=tmp), axis=axis)
     if masks is not None:
         valid &= (masks != 0).all(axis=0)
     return valid
 
 
-def _representable(value: float, dtype: np.dtype) -> bool:
+def representable(value: float, dtype: np.dtype) -> bool:
     """Whether a nodata value can occur in an array of ``dtype`` (a nodata of -9999 cannot in uint16)."""
     if np.issubdtype(dtype, np.integer):
         ii = np.iinfo(dtype)
@@ -240,7 +240,7 @@ class WindowReader:
                     self.ds.read(window=window, out=data)
                 masks = self.ds.read_masks(window=window) if self.read_masks else None
         except GDAL_ERRORS as exc:
-            raise self._unreadable(window, _gdal_message(exc)) from None
+            raise self._unreadable(window, gdal_message(exc)) from None
         return data, valid_mask(data, self.nodata, masks, scratch)
 
     def _unreadable(self, window: Window, why: str) -> InputError:
@@ -278,7 +278,7 @@ def read_preview(path: str | Path, band: int = 1, max_size: int = 1024) -> np.ma
         try:
             data = ds.read(band, out_shape=shape, masked=True, resampling=Resampling.nearest)
         except RasterioError as exc:
-            raise InputError(f"{path}: could not read band {band} ({_gdal_message(exc)})") from None
+            raise InputError(f"{path}: could not read band {band} ({gdal_message(exc)})") from None
     if np.issubdtype(data.dtype, np.floating):
         data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
     return data
@@ -292,7 +292,7 @@ def iter_band(path: str | Path, band: int = 1) -> Iterator[np.ma.MaskedArray]:
             try:
                 data = ds.read(band, window=window, masked=True)
             except RasterioError as exc:
-                raise InputError(f"{path}: could not read band {band} ({_gdal_message(exc)})") from None
+                raise InputError(f"{path}: could not read band {band} ({gdal_message(exc)})") from None
             if np.issubdtype(data.dtype, np.floating):
                 data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
             yield data

@@ -32,7 +32,7 @@ from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
 from pipeline.names import gdal_name, is_dataset_name, tile_name
 from pipeline.products import MaskRule
-from pipeline.raster import GDAL_ERRORS, READ_ENV, _gdal_message, _representable, info_of, open_raster
+from pipeline.raster import GDAL_ERRORS, READ_ENV, gdal_message, info_of, open_raster, representable
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
 #: Block size the VRT declares: the windows every command streams the stack by.
@@ -363,7 +363,7 @@ class _MaskReader:
             try:
                 data = vrt.read(1, window=window)
             except GDAL_ERRORS as exc:
-                raise InputError(f"{rule.path}: could not read the mask ({_gdal_message(exc)})") from None
+                raise InputError(f"{rule.path}: could not read the mask ({gdal_message(exc)})") from None
             hit = rule.bad(data)
             self.counts[rule.label] += int(hit.sum())
             bad |= hit
@@ -399,7 +399,7 @@ def _stack_nodata(inputs: dict[str, _Input], sources: Sequence[Source], dtype: s
     (Sentinel-2's and Landsat's fill) or -9999."""
     for src in sources:
         nd = inputs[src.path].info.nodata
-        if nd is not None and not math.isnan(nd) and _representable(nd, np.dtype(dtype)):
+        if nd is not None and not math.isnan(nd) and representable(nd, np.dtype(dtype)):
             return float(nd)
     if need:
         return 0.0 if np.issubdtype(np.dtype(dtype), np.integer) else -9999.0
@@ -477,7 +477,7 @@ def _check_vrt(path: Path, output: Path) -> None:
             ds.read(window=w)
             ds.read_masks(1, window=w)
     except GDAL_ERRORS as exc:
-        raise InputError(f"{output}: the stack cannot be read back ({_gdal_message(exc)})") from None
+        raise InputError(f"{output}: the stack cannot be read back ({gdal_message(exc)})") from None
 
 
 def _write_mask(rules: Sequence[MaskRule], grid: Grid, path: Path) -> dict[str, int]:
@@ -508,7 +508,7 @@ def _materialise(sources: Sequence[Source], inputs: dict[str, _Input], grid: Gri
             try:
                 data = vrt.read(window=window)
             except GDAL_ERRORS as exc:
-                raise InputError(f"{sources[0].path}: could not read the inputs ({_gdal_message(exc)})") from None
+                raise InputError(f"{sources[0].path}: could not read the inputs ({gdal_message(exc)})") from None
             if rules:
                 data[:, masks.read(window)] = np.asarray(nodata, dtype=dtype)
             w.write(data, window)
