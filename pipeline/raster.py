@@ -1,7 +1,9 @@
-"""Raster I/O: opening and checking inputs, window iteration, validity masks, and the atomic COG writer.
+"""Reading rasters: opening and checking inputs, describing them, window iteration, validity masks, single pixels.
 
-This is the only module that touches GeoTIFFs. Models never see a file, and this module never sees a model.
-A pixel is *valid* only when every band is valid: not the nodata value, finite, and not masked.
+The rooms of raster I/O: ``names`` (what a path names, no GDAL), this module (open, read, validity), ``streaming``
+(blocks through reader and writer threads) and ``cog_writer`` (the atomic COG writer). Models never see a file, and
+these modules never see a model. A pixel is *valid* only when every band is valid: not the nodata value, finite,
+and not masked.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pipeline.errors import InputError
 from pipeline.names import is_dataset_name
 from pipeline.tiffdecode import TileDecoder
 
-#: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through.
+#: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through
+#: (rasterio 1.4 has no public name for their base class, so this one private import stays).
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 #: GDAL settings for reading: a small block cache keeps memory bounded whatever the raster's size.
