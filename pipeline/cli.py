@@ -6,7 +6,6 @@ User errors print one line (``Error: FILE: problem``) and exit non-zero; ``--deb
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from typing import Any
 import click
 
 from pipeline import __version__
+from pipeline.cli_options import common, quiet_option
 from pipeline.errors import RsvaeError, RsvaeWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -80,23 +80,6 @@ def pixel_bar(total: int, quiet: bool, desc: str) -> Iterator[Callable[[int], No
     with tqdm(total=total, unit="px", unit_scale=True, desc=desc, disable=quiet or not sys.stderr.isatty(),
               leave=False) as bar:
         yield bar.update
-
-
-#: -q/--quiet, the one declaration every command uses.
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-
-
-def common(func: Callable) -> Callable:
-    """--config and --quiet, shared by every command that reads a config."""
-
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  help="YAML config (same file as the workflow's); command-line options override it.")
-    @quiet_option
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-    return wrapper
 
 
 def settings(config_path: str | None, name: str, **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
