@@ -18,7 +18,17 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.cli_options import common, quiet_option
+from pipeline.cli_options import (
+    chunk_option,
+    common,
+    device_option,
+    library_choice,
+    option,
+    quiet_option,
+    schema_choice,
+    seed_option,
+    threads_option,
+)
 from pipeline.errors import RsvaeError, RsvaeWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -125,12 +135,12 @@ def cli(debug: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, help="Random seed; the same seed gives the same files.  [default: 0]")
-@click.option("--bands", type=int, help="Number of spectral bands.  [default: 64]")
-@click.option("--size", type=int, help="Tile width and height in pixels.  [default: 256]")
-@click.option("--tiles-normal", type=int, help="Tiles of normal ground (for training).  [default: 4]")
-@click.option("--tiles-test", type=int, help="Test tiles with implanted anomalies.  [default: 2]")
-@click.option("--dtype", type=click.Choice(["float32", "uint16"]), help="Pixel type.  [default: float32]")
+@seed_option("synth", "Random seed; the same seed gives the same files.")
+@option("--bands", type=int, section="synth", help="Number of spectral bands.")
+@option("--size", type=int, section="synth", help="Tile width and height in pixels.")
+@option("--tiles-normal", type=int, section="synth", help="Tiles of normal ground (for training).")
+@option("--tiles-test", type=int, section="synth", help="Test tiles with implanted anomalies.")
+@option("--dtype", type=schema_choice("synth", "dtype"), section="synth", help="Pixel type.")
 @common
 def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Write a georeferenced demo data set to OUTDIR.
@@ -160,8 +170,8 @@ def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> Non
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="With --partial: one partial sample per tile, OUTDIR/NAME.nc (a bad tile is reported, the others "
                    "go on).")
-@click.option("--max-pixels", type=int, help="Most pixels in the sample, shared fairly across tiles.  [default: 200000]")
-@click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
+@option("--max-pixels", type=int, section="ingest", help="Most pixels in the sample, shared fairly across tiles.")
+@seed_option("ingest", "Random seed of the sampling.")
 @click.option("--partial", is_flag=True,
               help="Write per-tile partial samples, for `rsvae merge` (the workflow's ingest jobs).")
 @common
@@ -198,7 +208,7 @@ def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, parti
 @cli.command(context_settings=CONTEXT)
 @click.argument("parts", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sample file to write (.nc).")
-@click.option("--max-pixels", type=int, help="Most pixels in the merged sample.  [default: 200000]")
+@option("--max-pixels", type=int, section="ingest", help="Most pixels in the merged sample.")
 @common
 def merge(parts: tuple[str, ...], output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Merge partial samples (from `rsvae ingest --partial`) into one sample file.
@@ -229,29 +239,29 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @cli.command(context_settings=CONTEXT)
 @click.argument("sample_file", metavar="SAMPLE", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model folder to write.")
-@click.option("--method", type=click.Choice(["vae", "rx", "lrx"]), help="Detector.  [default: vae]")
-@click.option("--preset", type=click.Choice(["default", "seed"]),
+@option("--method", type=schema_choice("train", "method"), section="train", help="Detector.")
+@click.option("--preset", type=schema_choice("train", "preset"),
               help="Named architecture; 'seed' is the textbook VAE (hidden 32, latent 32, BCE).")
-@click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 128]")
-@click.option("--latent", type=int, help="Latent dimensions.  [default: 8]")
-@click.option("--beta", type=float, help="Weight of the KL term.  [default: 1.0]")
-@click.option("--reconstruction", type=click.Choice(["gaussian", "bce", "mse"]),
-              help="Reconstruction term.  [default: gaussian]")
-@click.option("--noise", type=click.Choice(["unit", "residual"]),
-              help="Covariance of the Gaussian reconstruction term when scoring.  [default: residual]")
-@click.option("--trim", type=float,
-              help="Train again without this fraction of worst-scoring sample pixels (0 = one pass).  [default: 0.02]")
-@click.option("--epochs", type=int, help="Most training epochs.  [default: 50]")
-@click.option("--max-steps", type=int, help="Most optimiser steps per training pass.  [default: 2000]")
-@click.option("--batch-size", type=int, help="Pixels per optimiser step.  [default: 1024]")
-@click.option("--lr", type=float, help="Adam learning rate.  [default: 0.001]")
-@click.option("--val-fraction", type=float, help="Held-out share of the sample.  [default: 0.1]")
-@click.option("--patience", type=int, help="Epochs without improvement before stopping (0 = never).  [default: 10]")
-@click.option("--seed", type=int, help="Random seed (weights, shuffling, split).  [default: 0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
-@click.option("--inner-window", type=int, help="LRX guard window, odd.  [default: 3]")
-@click.option("--outer-window", type=int, help="LRX background window, odd.  [default: 15]")
+@option("--hidden", callback=_ints, section="train", help="Hidden layer sizes, comma-separated.")
+@option("--latent", type=int, section="train", help="Latent dimensions.")
+@option("--beta", type=float, section="train", help="Weight of the KL term.")
+@option("--reconstruction", type=schema_choice("train", "reconstruction"), section="train",
+        help="Reconstruction term.")
+@option("--noise", type=schema_choice("train", "noise"), section="train",
+        help="Covariance of the Gaussian reconstruction term when scoring.")
+@option("--trim", type=float, section="train",
+        help="Train again without this fraction of worst-scoring sample pixels (0 = one pass).")
+@option("--epochs", type=int, section="train", help="Most training epochs.")
+@option("--max-steps", type=int, section="train", help="Most optimiser steps per training pass.")
+@option("--batch-size", type=int, section="train", help="Pixels per optimiser step.")
+@option("--lr", type=float, section="train", help="Adam learning rate.")
+@option("--val-fraction", type=float, section="train", help="Held-out share of the sample.")
+@option("--patience", type=int, section="train", help="Epochs without improvement before stopping (0 = never).")
+@seed_option("train", "Random seed (weights, shuffling, split).")
+@device_option("train", "train")
+@threads_option("train")
+@option("--inner-window", type=int, section="train", help="LRX guard window, odd.")
+@option("--outer-window", type=int, section="train", help="LRX background window, odd.")
 @common
 def train(sample_file: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Train a detector on a SAMPLE file and save it as a model folder.
@@ -337,11 +347,11 @@ def _score_line(summary: Any, fpr: float | None) -> str:
 @click.option("--mask-dir", type=click.Path(file_okay=False),
               help="With --outdir: also write each tile's anomaly mask as MASK_DIR/NAME.tif (needs --fpr).")
 @click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
-@click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
-@click.option("--seed", type=int, help="Seed of the posterior samples.  [default: 0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to score.  [default: cpu]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
-@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@option("--samples", type=int, section="score", help="Posterior samples to average the reconstruction over.")
+@seed_option("score", "Seed of the posterior samples.")
+@device_option("score", "score")
+@threads_option("score")
+@chunk_option("score")
 @click.option("--fast/--exact", default=None, help="VAE: the folded scoring path, or the previous one.  [default: fast]")
 @common
 def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
@@ -504,12 +514,12 @@ def quicklook(scores: tuple[str, ...], output: str | None, outdir: str | None, m
               help="Detections to write for one SCORES raster: .gpkg (with a QGIS style), .geojson or .fgb.")
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="Folder for the detections of one or more SCORES rasters: OUTDIR/NAME.gpkg (see --format).")
-@click.option("--format", "suffix", type=click.Choice([".gpkg", ".geojson", ".fgb"]),
+@click.option("--format", "suffix", type=library_choice("pipeline.detections", "DRIVERS"),
               help="With --outdir: the files' format.  [default: .gpkg]")
-@click.option("--min-rarity", type=float,
-              help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).  [default: 5]")
+@option("--min-rarity", type=float, section="detect",
+        help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).")
 @click.option("--fpr", type=float, help="Or: false-alarm rate per pixel (--fpr 1e-5 is --min-rarity 5).")
-@click.option("--min-pixels", type=int, help="Smallest group of flagged pixels kept.  [default: 1]")
+@option("--min-pixels", type=int, section="detect", help="Smallest group of flagged pixels kept.")
 @common
 def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suffix: str | None,
            min_rarity: float | None, fpr: float | None, min_pixels: int | None, config_path: str | None,
@@ -563,7 +573,7 @@ def merge_detections(inputs: tuple[str, ...], output: str, quiet: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML page to write.")
 @click.option("--tile", "tiles", multiple=True, type=click.Path(dir_okay=False),
               help="Input tile of the detections (default: the path recorded when scoring); repeat per tile.")
-@click.option("-n", "--count", type=int, help="Detections to show, highest ranked first.  [default: 50]")
+@option("-n", "--count", type=int, section="detect", key="review", help="Detections to show, highest ranked first.")
 @common
 def review(detections: str, output: str, tiles: tuple[str, ...], count: int | None, config_path: str | None,
            quiet: bool) -> None:
@@ -590,9 +600,9 @@ def review(detections: str, output: str, tiles: tuple[str, ...], count: int | No
               help="Feature raster to write for one TILE (float32 COG; bands latent_1 ... latent_k).")
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="Folder for the feature rasters of one or more TILES: OUTDIR/NAME.tif.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to encode.  [default: cpu]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
-@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@device_option("score", "encode")
+@threads_option("score")
+@chunk_option("score")
 @common
 def features(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, config_path: str | None,
              quiet: bool, **opts: Any) -> None:
@@ -754,8 +764,7 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @click.option("--resolution", type=float, help="Pixel size in CRS units.  [default: the finest among the inputs]")
 @click.option("--like", help="Put the stack on this raster's grid, or on a model folder's CRS (at the inputs' "
                              "finest resolution).")
-@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "cubicspline", "lanczos",
-                                                 "average", "mode"]), help="Resampling of bands.  [default: bilinear]")
+@option("--resampling", type=library_choice("pipeline.stack", "RESAMPLING"), section="stack", help="Resampling of bands.")
 @click.option("--mask", help="Mask raster (any grid; resampled with nearest) whose --mask-values or --mask-bits "
                              "mark invalid pixels.")
 @click.option("--mask-values", callback=_ints, help="Values of --mask that are invalid, comma-separated.")
