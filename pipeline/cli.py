@@ -666,19 +666,13 @@ def generate(model: str, count: int, output: str, plot: str | None, sample_path:
       rsvae generate work/model -n 50 -o work/generated.csv --plot work/generated.png
       rsvae generate work/model -n 50 --temperature 0.5 -o work/typical.csv
     """
-    from pipeline import generative as gen
-    from pipeline.detectors import load_detector
+    from pipeline.generative import generate_csv
 
-    det = gen.require_vae(load_detector(model), "rsvae generate")
-    if plot:
-        gen.plot_format(plot)  # fail before writing anything
-    spectra = gen.sample(det, count, seed, temperature)
-    gen.write_spectra_csv(output, gen.spectrum_columns(det), spectra, {"sample": range(count)})
+    det, source = generate_csv(model, count, output, seed=seed, temperature=temperature, plot=plot,
+                               sample_path=sample_path)
     msg = f"wrote {output}: {count} spectra of {det.bands} bands"
     if plot:
-        ref = gen.reference_spectra(det, sample_path)
-        gen.plot_generated(det, spectra, plot, ref)
-        msg += f" and {plot}" + (f" (real spectra from {ref.source})" if ref.source else "")
+        msg += f" and {plot}" + (f" (real spectra from {source})" if source else "")
     say(quiet, msg)
 
 
@@ -728,27 +722,16 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
       rsvae interpolate work/model demo/test/tile_000.tif --from-xy 500315,4991525 --to-xy 505415,4985825 \\
           -o work/path.csv
     """
-    from pipeline import generative as gen
-    from pipeline.detectors import load_detector
+    from pipeline.generative import interpolate_csv, pixel_labels
 
-    ends = []
     for name, rc, xy in (("from", start, start_xy), ("to", end, end_xy)):
         if (rc is None) == (xy is None):
             raise click.UsageError(f"give exactly one of --{name} ROW,COL and --{name}-xy X,Y")
-        ends.append(rc if rc is not None else gen.locate(tile, *xy))
-    det = gen.require_vae(load_detector(model), "rsvae interpolate")
-    if plot:
-        gen.plot_format(plot)  # fail before writing anything
-    spectra = [gen.pixel_spectrum(tile, r, c) for r, c in ends]
-    for s in spectra:
-        det.check_bands(s.size, tile)
-    lp = gen.interpolate(det, spectra[0], spectra[1], steps)
-    gen.write_spectra_csv(output, gen.spectrum_columns(det), lp.spectra,
-                          {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
-    labels = (f"pixel ({ends[0][0]}, {ends[0][1]})", f"pixel ({ends[1][0]}, {ends[1][1]})")
+    pixels = interpolate_csv(model, tile, [start or start_xy, end or end_xy], [start is None, end is None], steps,
+                             output, plot)
+    labels = pixel_labels(pixels)
     msg = f"wrote {output}: {steps} spectra from {labels[0]} to {labels[1]}"
     if plot:
-        gen.plot_path(det, lp, plot, labels)
         msg += f" and {plot}"
     say(quiet, msg)
 

@@ -300,3 +300,52 @@ def plot_path(detector: Detector, lp: LatentPath, path: str | Path, labels: tupl
     ax.set_title("Spectra decoded along the straight latent path between two pixels", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- the commands
+
+def generate_csv(model: str | Path, count: int, output: str | Path, *, seed: int = 0, temperature: float = 1.0,
+                 plot: str | Path | None = None, sample_path: str | Path | None = None) -> tuple[VAEDetector, str | None]:
+    """``rsvae generate``: ``count`` spectra decoded from prior draws of the VAE in folder ``model``, written to the
+    CSV ``output`` (and plotted beside real training spectra to ``plot``). Returns the model and, with a plot, where
+    its real spectra came from ("" when none could be read)."""
+    from pipeline.detectors import load_detector
+
+    det = require_vae(load_detector(model), "rsvae generate")
+    if plot:
+        plot_format(plot)  # fail before writing anything
+    spectra = sample(det, count, seed, temperature)
+    write_spectra_csv(output, spectrum_columns(det), spectra, {"sample": range(count)})
+    if not plot:
+        return det, None
+    ref = reference_spectra(det, sample_path)
+    plot_generated(det, spectra, plot, ref)
+    return det, ref.source
+
+
+def interpolate_csv(model: str | Path, tile: str | Path, ends: Sequence[tuple[int, int] | tuple[float, float]],
+                    by_xy: Sequence[bool], steps: int, output: str | Path,
+                    plot: str | Path | None = None) -> list[tuple[int, int]]:
+    """``rsvae interpolate``: the decoded straight latent path between two pixels of ``tile`` (each end a (row, col),
+    or an (x, y) in the tile's CRS where ``by_xy``), written to the CSV ``output`` (and plotted to ``plot``).
+    Returns the two pixels as (row, col)."""
+    from pipeline.detectors import load_detector
+
+    pixels = [locate(tile, *end) if xy else (int(end[0]), int(end[1])) for end, xy in zip(ends, by_xy, strict=True)]
+    det = require_vae(load_detector(model), "rsvae interpolate")
+    if plot:
+        plot_format(plot)  # fail before writing anything
+    spectra = [pixel_spectrum(tile, r, c) for r, c in pixels]
+    for s in spectra:
+        det.check_bands(s.size, tile)
+    lp = interpolate(det, spectra[0], spectra[1], steps)
+    write_spectra_csv(output, spectrum_columns(det), lp.spectra,
+                      {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
+    if plot:
+        plot_path(det, lp, plot, pixel_labels(pixels))
+    return pixels
+
+
+def pixel_labels(pixels: Sequence[tuple[int, int]]) -> tuple[str, str]:
+    """How a path's two end pixels are named in plots and messages."""
+    return tuple(f"pixel ({r}, {c})" for r, c in pixels)  # type: ignore[return-value]
