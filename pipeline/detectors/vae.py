@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.detectors.base import Detector
+from pipeline.detectors.vae_inference import LOGVAR_RANGE
 from pipeline.errors import ConfigError, ModelError
 
 #: Named architectures. ``seed`` is the textbook model: 64 inputs, one hidden layer of 32, latent 32, BCE + KL.
@@ -33,8 +34,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {"hidden": [32], "latent": 32, "reconstruction": "bce", "beta": 1.0, "noise": "unit", "trim": 0.0},
 }
 RECONSTRUCTIONS = ("gaussian", "bce", "mse")
-#: log-variance is clamped to this range so exp() neither overflows nor vanishes on wild inputs.
-LOGVAR_RANGE = (-30.0, 20.0)
 F32_MAX = float(np.finfo(np.float32).max)
 #: The residual covariance is estimated from at most this many sample pixels, in this many concentration steps.
 NOISE_FIT_PIXELS = 50_000
