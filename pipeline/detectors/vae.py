@@ -374,7 +374,7 @@ class VAEDetector(Detector):
         n = pixels.shape[1] if band_major else pixels.shape[0]
         rows = np.empty((len(self.outputs), n), np.float32)  # score, reconstruction, kl
         if n:
-            score_chunks(self, pixels, band_major, chunk, rows, fast)
+            score_chunks(self._plan(band_major, fast), pixels, band_major, chunk, rows)
             np.nan_to_num(rows, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, rows, strict=True))
 

@@ -354,12 +354,11 @@ def _linear_layers(layers: nn.Sequential) -> list[Layer]:
     return out
 
 
-def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int, out: np.ndarray,
-                 fast: bool = True) -> None:
+def score_chunks(plan: ChunkScorer | FoldedScorer, pixels: np.ndarray, band_major: bool, chunk: int,
+                 out: np.ndarray) -> None:
     """Score ``pixels`` ((bands, n) when ``band_major``, else (n, bands)) chunk by chunk into ``out`` (3, n) float32
-    (rows score, reconstruction, kl): with the folded scorer where ``fast`` and the model has one (Gaussian or MSE
-    term), else with ``ChunkScorer``."""
-    plan = det._plan(band_major, fast)
+    (rows score, reconstruction, kl) with ``plan``, a ``FoldedScorer`` or ``ChunkScorer`` built for that layout (the
+    detector chooses and caches it: ``VAEDetector._plan``)."""
     folded = isinstance(plan, FoldedScorer)
     n = pixels.shape[1] if band_major else pixels.shape[0]
     result = torch.from_numpy(out)
