@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.cog_writer import check_distinct
-from pipeline.detectors.base import Detector, file_digest
+from pipeline.detectors.base import Detector, Scorer, file_digest
 from pipeline.detectors.vae import F32_MAX, VAEDetector
 from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
 from pipeline.files import atomic_path
@@ -41,7 +41,7 @@ PLOT_MAX_LINES = 200
 def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
     """The detector as a VAE, or a ModelError saying that ``what`` needs one (RX models have no latent space)."""
     if not isinstance(detector, VAEDetector):
-        where = getattr(detector, "origin", {}).get("path") or "model"
+        where = detector.origin.get("path") or "model"
         raise ModelError(f"{where}: is a {detector.kind!r} model; {what} needs a VAE model "
                          f"(one trained with --method vae), which has a latent space")
     return detector
@@ -49,7 +49,7 @@ def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
 
 # --------------------------------------------------------------------------------------------- features
 
-class LatentMeans(Detector):
+class LatentMeans(Scorer):
     """An adapter that lets the streaming scorer write posterior means: outputs ``latent_1`` … ``latent_k``."""
 
     #: Not "vae": the scorer tags the output with it, and must never take the adapter for the VAE itself.
@@ -59,7 +59,7 @@ class LatentMeans(Detector):
         self.vae = vae
         self.band_names = vae.band_names
         self.meta = vae.meta
-        self.origin = getattr(vae, "origin", {})
+        self.origin = vae.origin
         self.outputs = tuple(f"latent_{i + 1}" for i in range(int(vae.architecture["latent"])))
 
     def score(self, pixels: np.ndarray, chunk: int = 65536, **_: Any) -> dict[str, np.ndarray]:
@@ -70,9 +70,6 @@ class LatentMeans(Detector):
             mu[:, i:i + chunk] = self.vae.encode(pixels[i:i + chunk])[0].T
         np.nan_to_num(mu, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, mu, strict=True))
-
-    def tensors(self) -> dict[str, Any]:
-        raise NotImplementedError("LatentMeans is a view of a VAE for writing features, not a model to save")
 
 
 def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: int = 65536,

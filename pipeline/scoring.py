@@ -26,8 +26,8 @@ from pipeline.raster import info_of, iter_windows, open_raster, pixel_major
 from pipeline.streaming import Block, BlockReader, BlockWriter
 from pipeline.styles import write_raster_qml
 
-if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
-    from pipeline.detectors.base import Detector
+if TYPE_CHECKING:  # the scorer needs no torch itself: it runs any Scorer (the contract in detectors/base.py)
+    from pipeline.detectors.base import Scorer
 
 MASK_NODATA = 255
 
@@ -47,7 +47,7 @@ class ScoreSummary:
     finish_seconds: float = 0.0
 
 
-def check_crs(detector: Detector, info, tile: str | Path) -> None:
+def check_crs(detector: Scorer, info, tile: str | Path) -> None:
     """Refuse a tile in another CRS than the training tiles; warn when the tile has no georeference."""
     if info.crs is None:
         warnings.warn(f"{tile}: has no CRS; scored, and the output has no CRS either", RsvaeWarning, stacklevel=2)
@@ -57,7 +57,7 @@ def check_crs(detector: Detector, info, tile: str | Path) -> None:
         from rasterio.crs import CRS
 
         if CRS.from_wkt(trained) != info.crs:
-            model = getattr(detector, "origin", {}).get("path") or "MODEL"
+            model = detector.origin.get("path") or "MODEL"
             fix = f"rsvae stack {shlex.quote(str(tile))} --like {shlex.quote(model)} -o {tile_name(tile)}_like_model.vrt"
             raise InputError(f"{tile}: CRS {info.crs.to_string()} differs from the training tiles' "
                              f"{CRS.from_wkt(trained).to_string()}; put it on the model's CRS (warped on the fly, "
@@ -65,7 +65,7 @@ def check_crs(detector: Detector, info, tile: str | Path) -> None:
 
 
 def score_raster(
-    detector: Detector,
+    detector: Scorer,
     tile: str | Path,
     out: str | Path,
     *,
@@ -103,7 +103,7 @@ def score_raster(
         check_crs(detector, info, tile)
         windows = iter_windows(ds)
     nodata = output_nodata(info)
-    origin = getattr(detector, "origin", {})
+    origin = detector.origin
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
             "rsvae_detector": detector.kind, "rsvae_input": file_name(tile), "rsvae_input_path": str(tile)}
     valid_total = flagged = 0
@@ -117,7 +117,7 @@ def score_raster(
                 writers.append(stack.enter_context(writer_like(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
-            margin = int(getattr(detector, "halo", 0) or 0)
+            margin = detector.halo
             blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
                                                      threads=readers))
             sink = stack.enter_context(BlockWriter(writers))
@@ -151,7 +151,7 @@ def score_raster(
 
 
 def score_tiles(
-    detector: Detector,
+    detector: Scorer,
     tiles: Sequence[str | Path],
     outdir: str | Path,
     *,
@@ -184,14 +184,14 @@ def score_tiles(
     return run_tiles(jobs, one, on_done)
 
 
-def rarity_of(detector: Detector) -> tuple[bool, Callable[[np.ndarray], np.ndarray] | None]:
+def rarity_of(detector: Scorer) -> tuple[bool, Callable[[np.ndarray], np.ndarray] | None]:
     """Whether the score raster gets a rarity band after the detector's outputs, and the score -> rarity lookup it
     is written with.
 
     No band for adapters whose first output is not an anomaly score (latent features); a band of nodata (lookup
     None, with a warning) for a detector without calibration (local RX).
     """
-    if not detector.outputs or detector.outputs[0] != "score" or not hasattr(detector, "rarity_table"):
+    if not detector.has_rarity:
         return False, None
     if not detector.meta.get("calibration"):
         warnings.warn(f"{detector.kind} model has no calibration of held-out scores: the rarity band is nodata",
@@ -200,7 +200,7 @@ def rarity_of(detector: Detector) -> tuple[bool, Callable[[np.ndarray], np.ndarr
     return True, detector.rarity_table()
 
 
-def score_block(detector: Detector, block: Block, nodata: float, options: dict[str, Any],
+def score_block(detector: Scorer, block: Block, nodata: float, options: dict[str, Any],
                 rarity: tuple[bool, Callable[[np.ndarray], np.ndarray] | None] = (False, None),
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Score one block: ``(outputs (k, rows, cols) float32 with nodata where invalid, valid (rows, cols))``.
@@ -220,7 +220,7 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
     out = np.full((k + extra, *valid.shape), nodata, np.float32)
     if not valid.any():
         return out, valid
-    halo = int(getattr(detector, "halo", 0) or 0)
+    halo = detector.halo
     if halo:
         terms = detector.score_block(*pad_to_halo(block, halo))
         valid = valid & np.isfinite(terms["score"])
@@ -230,16 +230,13 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
             out[k][valid] = to_rarity(out[0][valid])
         return out, valid
     everything = bool(valid.all())
-    if pixel_major(data) and hasattr(detector, "score"):
+    if pixel_major(data):
         # a directly decoded tile: (rows, cols, bands) memory, handed over as (n, bands) rows
         rows = data.transpose(1, 2, 0)
         terms = detector.score(rows.reshape(-1, rows.shape[-1]) if everything else rows[valid], **options)
     else:
         pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
-        if hasattr(detector, "score_bands"):
-            terms = detector.score_bands(pixels, **options)
-        else:
-            terms = detector.score(pixels.T, **options)
+        terms = detector.score_bands(pixels, **options)
     for i, key in enumerate(detector.outputs):
         if everything:
             out[i].reshape(-1)[:] = terms[key]

@@ -5,6 +5,7 @@ import pytest
 import rasterio
 
 from pipeline.detectors import load_detector
+from pipeline.detectors.base import Scorer
 from pipeline.errors import InputError
 from pipeline.scoring import score_raster
 from tests.conftest import write_tif
@@ -59,7 +60,7 @@ def test_mask_needs_fpr(model_dir, demo, tmp_path):
 
 # ---- the streaming loop: deterministic whatever the threads, generic over detectors, margins for neighbours
 
-class BandSum:
+class BandSum(Scorer):
     """A detector with only the generic ``score(pixels (n, bands))``: the sum of the bands."""
 
     kind = "band-sum"
@@ -228,3 +229,21 @@ def test_a_failed_rename_is_one_error_and_leaves_nothing(model_dir, demo, tmp_pa
         score_raster(load_detector(model_dir), demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif",
                      fpr=0.01)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_the_scorer_contract_has_defaults_for_all_but_score():
+    """What the scorer asks of a detector is written in detectors/base.Scorer: a Scorer with only ``score`` gets the
+    band-major path, no halo, an empty origin and no rarity band; detectors are Scorers that are also saved, and the
+    generative side's adapter is a Scorer only (it refuses nothing of a contract it does not take)."""
+    from pipeline.detectors import LRXDetector, RXDetector, VAEDetector
+    from pipeline.detectors.base import Detector
+    from pipeline.generative import LatentMeans
+
+    s = BandSum()
+    pixels = np.arange(12, dtype=np.float32).reshape(3, 4)  # (bands, n)
+    assert {k: v.tolist() for k, v in s.score_bands(pixels).items()} == {"score": [12, 15, 18, 21], "first": [0, 1, 2, 3]}
+    assert s.halo == 0 and dict(s.origin) == {} and not s.has_rarity and s.rarity_table() is None
+    assert all(issubclass(c, Detector) for c in (VAEDetector, RXDetector, LRXDetector))
+    assert Detector.has_rarity is not Scorer.has_rarity  # detectors: a rarity band for their `score`
+    assert issubclass(LatentMeans, Scorer) and not issubclass(LatentMeans, Detector)
+    assert not hasattr(LatentMeans, "tensors")
