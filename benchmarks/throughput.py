@@ -167,23 +167,33 @@ def stage_train(folder: str, n: int, bands: int, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- stages
-class NullDetector:
-    """A detector that does no maths (its outputs are copies of band 1): the I/O-only loop."""
+#: The null detector's outputs (the I/O-only loops write as many bands as rsvae score does).
+NULL_OUTPUTS = ("score", "reconstruction", "kl")
 
-    kind = "null"
-    outputs = ("score", "reconstruction", "kl")
 
-    def __init__(self, bands: int):
-        self.bands = bands
-        self.meta: dict = {}
+def null_detector(bands: int) -> object:
+    """A detector that does no maths (its outputs are copies of band 1): the I/O-only loop. A bare Scorer (no rarity
+    band, band-major blocks scored as their transposed view); its module loads torch, so the class is made here,
+    in the stage that uses it (the scorer itself imports no torch)."""
+    from pipeline.detectors.base import Scorer
 
-    def check_bands(self, count: int, source: str) -> None:
-        """Any band count is fine."""
+    class NullDetector(Scorer):
+        kind = "null"
+        outputs = NULL_OUTPUTS
 
-    def score(self, pixels: np.ndarray, **_: object) -> dict[str, np.ndarray]:
-        """Band 1 as every output."""
-        first = np.ascontiguousarray(pixels[:, 0], np.float32)
-        return {k: first for k in self.outputs}
+        def __init__(self, bands: int):
+            self.band_names = [f"band_{i + 1}" for i in range(bands)]
+            self.meta: dict = {}
+
+        def check_bands(self, count: int, source: str) -> None:
+            """Any band count is fine."""
+
+        def score(self, pixels: np.ndarray, **_: object) -> dict[str, np.ndarray]:
+            """Band 1 as every output."""
+            first = np.ascontiguousarray(pixels[:, 0], np.float32)
+            return {k: first for k in self.outputs}
+
+    return NullDetector(bands)
 
 
 def stage_read(raster: str, reader: str = "gdal") -> dict:
@@ -215,7 +225,7 @@ def stage_io(raster: str, out: str) -> dict:
     from pipeline.raster import describe
     from pipeline.scoring import score_raster
 
-    det = NullDetector(describe(raster).count)
+    det = null_detector(describe(raster).count)
     t0 = time.perf_counter()
     s = score_raster(det, raster, out)
     return {"seconds": time.perf_counter() - t0, "pixels": s.pixels, "finish": s.finish_seconds}
@@ -286,7 +296,7 @@ def stage_io_plain(raster: str, out: str) -> dict:
         info = info_of(ds)
         nodata = output_nodata(info)
         reader = WindowReader(ds)
-        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NullDetector.outputs)) as w:
+        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NULL_OUTPUTS)) as w:
             for window in iter_windows(ds):
                 data, valid = reader.read(window)
                 block = np.full((3, *valid.shape), nodata, np.float32)
