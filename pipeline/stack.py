@@ -95,12 +95,12 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
     """The stack's bands and the product's quality-mask rule: one product folder or STAC item, or band files in
     order.
 
-    A folder is recognised from its file names (``products.recognise``), an item from its assets
+    A folder is recognised from its file names (``product_folders.recognise``), an item from its assets
     (``stac.item_product``); files give all their bands in order,
     named after the sensor band their file name shows (``*_B02.tif`` -> ``B02``, 490 nm), else after their band
     descriptions or file names; ``bands`` then picks among those names.
     """
-    from pipeline import products, stac
+    from pipeline import product_folders, products, stac
 
     if not inputs:
         raise InputError("no inputs to stack")
@@ -112,7 +112,7 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
         if stac.is_item_name(folders[0]):
             product = stac.item_product(folders[0])
         else:
-            product = products.recognise(folders[0])
+            product = product_folders.recognise(folders[0])
         chosen = product.select(bands)
         sources = [Source(str(b.path), 1, b.name, b.wavelength) for b in chosen]
         q = product.quality

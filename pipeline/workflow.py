@@ -138,7 +138,7 @@ def _entries(entries: Sequence[Any], key: str, results: str) -> dict[str, str]:
 def _product(path: str, *, explicit: bool, key: str) -> bool:
     """Whether ``path`` is a product folder rsvae recognises; a folder named outright that is none is an error."""
     from pipeline.errors import InputError
-    from pipeline.products import recognise
+    from pipeline.product_folders import recognise
 
     if not os.path.isdir(path):
         return False

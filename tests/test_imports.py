@@ -80,20 +80,12 @@ def test_every_module_imports(module):
     importlib.import_module(module)
 
 
-#: Circles still in the package (issue 21 leaves it for later): products.recognise falls back to
-#: stac.folder_product, which builds products' types. A circle not listed fails the test, and so does a listed one
-#: that is gone (then strike it here).
-KNOWN_CIRCLES = [
-    ["pipeline.products", "pipeline.stac"],
-]
-
-
 def test_no_import_circle():
     graph = {m: imports_of(m) for m in MODULES}
     # a module inside a package imports the package's __init__ only to reach a sibling: not a circle of its own
     for m in MODULES:
         graph[m] = {d for d in graph[m] if not (m.startswith(d + ".") and d in MODULES)}
-    assert sorted(cycles(graph)) == KNOWN_CIRCLES
+    assert cycles(graph) == []
 
 
 def test_the_walk_sees_every_kind_of_import():

@@ -120,7 +120,7 @@ def _touch(folder: Path, names: list[str]) -> Path:
      "Sentinel-2", ["B02"], "SCL"),
 ])
 def test_products_recognised_from_file_names(tmp_path, names, sensor, default, quality):
-    from pipeline.products import recognise
+    from pipeline.product_folders import recognise
 
     product = recognise(_touch(tmp_path / "p", names))
     assert product.sensor == sensor and product.quality.label == quality
