@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cog_writer import write_raster  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.detectors import load_detector  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
-from pipeline.raster import write_raster  # noqa: E402
 from pipeline.sample import ingest  # noqa: E402
 from pipeline.scoring import score_raster  # noqa: E402
 from pipeline.training import train  # noqa: E402

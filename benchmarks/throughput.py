@@ -170,23 +170,33 @@ def stage_train(folder: str, n: int, bands: int, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- stages
-class NullDetector:
-    """A detector that does no maths (its outputs are copies of band 1): the I/O-only loop."""
+#: The null detector's outputs (the I/O-only loops write as many bands as rsvae score does).
+NULL_OUTPUTS = ("score", "reconstruction", "kl")
 
-    kind = "null"
-    outputs = ("score", "reconstruction", "kl")
 
-    def __init__(self, bands: int):
-        self.bands = bands
-        self.meta: dict = {}
+def null_detector(bands: int) -> object:
+    """A detector that does no maths (its outputs are copies of band 1): the I/O-only loop. A bare Scorer (no rarity
+    band, band-major blocks scored as their transposed view); its module loads torch, so the class is made here,
+    in the stage that uses it (the scorer itself imports no torch)."""
+    from pipeline.detectors.base import Scorer
 
-    def check_bands(self, count: int, source: str) -> None:
-        """Any band count is fine."""
+    class NullDetector(Scorer):
+        kind = "null"
+        outputs = NULL_OUTPUTS
 
-    def score(self, pixels: np.ndarray, **_: object) -> dict[str, np.ndarray]:
-        """Band 1 as every output."""
-        first = np.ascontiguousarray(pixels[:, 0], np.float32)
-        return {k: first for k in self.outputs}
+        def __init__(self, bands: int):
+            self.band_names = [f"band_{i + 1}" for i in range(bands)]
+            self.meta: dict = {}
+
+        def check_bands(self, count: int, source: str) -> None:
+            """Any band count is fine."""
+
+        def score(self, pixels: np.ndarray, **_: object) -> dict[str, np.ndarray]:
+            """Band 1 as every output."""
+            first = np.ascontiguousarray(pixels[:, 0], np.float32)
+            return {k: first for k in self.outputs}
+
+    return NullDetector(bands)
 
 
 def stage_read(raster: str, reader: str = "gdal") -> dict:
@@ -194,7 +204,8 @@ def stage_read(raster: str, reader: str = "gdal") -> dict:
     dataset handle in one thread (the targets' baseline); ``rsvae1``, rsvae's reader in one thread (tiles of a
     pixel-interleaved GeoTIFF decoded directly, ``pipeline/tiffdecode.py``); ``rsvae2``, its streaming reader with
     two threads (a handle each), as ``rsvae score`` reads."""
-    from pipeline.raster import BlockReader, info_of, iter_windows, open_raster
+    from pipeline.raster import info_of, iter_windows, open_raster
+    from pipeline.streaming import BlockReader
 
     t0 = time.perf_counter()
     total = 0
@@ -217,7 +228,7 @@ def stage_io(raster: str, out: str) -> dict:
     from pipeline.raster import describe
     from pipeline.scoring import score_raster
 
-    det = NullDetector(describe(raster).count)
+    det = null_detector(describe(raster).count)
     t0 = time.perf_counter()
     s = score_raster(det, raster, out)
     return {"seconds": time.perf_counter() - t0, "pixels": s.pixels, "finish": s.finish_seconds}
@@ -280,14 +291,15 @@ def _timed(f) -> float:
 
 def stage_io_plain(raster: str, out: str) -> dict:
     """An I/O-only loop without any overlap: read a block, write a 3-band block with rsvae's writer, repeat."""
-    from pipeline.raster import WindowReader, info_of, iter_windows, open_raster, output_nodata, writer_like
+    from pipeline.cog_writer import output_nodata, writer_like
+    from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
 
     t0 = time.perf_counter()
     with open_raster(raster) as ds:
         info = info_of(ds)
         nodata = output_nodata(info)
         reader = WindowReader(ds)
-        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NullDetector.outputs)) as w:
+        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NULL_OUTPUTS)) as w:
             for window in iter_windows(ds):
                 data, valid = reader.read(window)
                 block = np.full((3, *valid.shape), nodata, np.float32)

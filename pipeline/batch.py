@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError, RsvaeError
-from pipeline.raster import tile_name  # the workflow's {tile}: the same name for files, URLs and /vsi paths
+from pipeline.names import tile_name  # the workflow's {tile}: the same name for files, URLs and /vsi paths
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ User errors print one line (``Error: FILE: problem``) and exit non-zero; ``--deb
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -19,6 +18,17 @@ from typing import Any
 import click
 
 from pipeline import __version__
+from pipeline.cli_options import (
+    chunk_option,
+    common,
+    device_option,
+    library_choice,
+    option,
+    quiet_option,
+    schema_choice,
+    seed_option,
+    threads_option,
+)
 from pipeline.errors import RsvaeError, RsvaeWarning
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -43,10 +53,9 @@ class RsvaeGroup(click.Group):
             click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt as exc:
-            from pipeline.raster import remove_temporaries, stop_workers
+            from pipeline.streaming import cleanup
 
-            stop_workers()  # reader/writer threads whose context manager the signal hit before it joined them
-            remove_temporaries()  # whatever a writer could not remove itself (the signal hit its way in or out)
+            cleanup()  # threads and temporaries that the signal kept their own context managers from ending
             click.echo("Interrupted; no partial output was left.", err=True)
             ctx.exit(128 + getattr(exc, "signum", signal.SIGINT))
 
@@ -81,19 +90,6 @@ def pixel_bar(total: int, quiet: bool, desc: str) -> Iterator[Callable[[int], No
     with tqdm(total=total, unit="px", unit_scale=True, desc=desc, disable=quiet or not sys.stderr.isatty(),
               leave=False) as bar:
         yield bar.update
-
-
-def common(func: Callable) -> Callable:
-    """--config and --quiet, shared by every command."""
-
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  help="YAML config (same file as the workflow's); command-line options override it.")
-    @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-    return wrapper
 
 
 def settings(config_path: str | None, name: str, **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -139,12 +135,12 @@ def cli(debug: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, help="Random seed; the same seed gives the same files.  [default: 0]")
-@click.option("--bands", type=int, help="Number of spectral bands.  [default: 64]")
-@click.option("--size", type=int, help="Tile width and height in pixels.  [default: 256]")
-@click.option("--tiles-normal", type=int, help="Tiles of normal ground (for training).  [default: 4]")
-@click.option("--tiles-test", type=int, help="Test tiles with implanted anomalies.  [default: 2]")
-@click.option("--dtype", type=click.Choice(["float32", "uint16"]), help="Pixel type.  [default: float32]")
+@seed_option("synth", "Random seed; the same seed gives the same files.")
+@option("--bands", type=int, section="synth", help="Number of spectral bands.")
+@option("--size", type=int, section="synth", help="Tile width and height in pixels.")
+@option("--tiles-normal", type=int, section="synth", help="Tiles of normal ground (for training).")
+@option("--tiles-test", type=int, section="synth", help="Test tiles with implanted anomalies.")
+@option("--dtype", type=schema_choice("synth", "dtype"), section="synth", help="Pixel type.")
 @common
 def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Write a georeferenced demo data set to OUTDIR.
@@ -174,13 +170,13 @@ def synth(outdir: str, config_path: str | None, quiet: bool, **opts: Any) -> Non
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="With --partial: one partial sample per tile, OUTDIR/NAME.nc (a bad tile is reported, the others "
                    "go on).")
-@click.option("--max-pixels", type=int, help="Most pixels in the sample, shared fairly across tiles.  [default: 200000]")
-@click.option("--seed", type=int, help="Random seed of the sampling.  [default: 0]")
+@option("--max-pixels", type=int, section="ingest", help="Most pixels in the sample, shared fairly across tiles.")
+@seed_option("ingest", "Random seed of the sampling.")
 @click.option("--partial", is_flag=True,
               help="Write per-tile partial samples, for `rsvae merge` (the workflow's ingest jobs).")
-@click.option("--context", callback=lambda ctx, param, value: _ints(ctx, param, value),
-              help="Also record each sampled pixel's ring mean, guard,outer window (e.g. 3,9), for "
-                   "`rsvae train --context ring`.  [default: none]")
+@option("--context", callback=lambda ctx, param, value: _ints(ctx, param, value), section="ingest",
+        help="Also record each sampled pixel's ring mean, guard,outer window (e.g. 3,9), for "
+             "`rsvae train --context ring`.")
 @common
 def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, partial: bool, config_path: str | None,
            quiet: bool, **opts: Any) -> None:
@@ -217,7 +213,7 @@ def ingest(tiles: tuple[str, ...], output: str | None, outdir: str | None, parti
 @cli.command(context_settings=CONTEXT)
 @click.argument("parts", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sample file to write (.nc).")
-@click.option("--max-pixels", type=int, help="Most pixels in the merged sample.  [default: 200000]")
+@option("--max-pixels", type=int, section="ingest", help="Most pixels in the merged sample.")
 @common
 def merge(parts: tuple[str, ...], output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Merge partial samples (from `rsvae ingest --partial`) into one sample file.
@@ -248,32 +244,31 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @cli.command(context_settings=CONTEXT)
 @click.argument("sample_file", metavar="SAMPLE", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model folder to write.")
-@click.option("--method", type=click.Choice(["vae", "rx", "lrx"]), help="Detector.  [default: vae]")
-@click.option("--context", type=click.Choice(["none", "ring"]),
-              help="none: the per-pixel VAE; ring: the context VAE (needs a sample ingested with --context).  "
-                   "[default: none]")
-@click.option("--preset", type=click.Choice(["default", "seed"]),
+@option("--method", type=schema_choice("train", "method"), section="train", help="Detector.")
+@option("--context", type=schema_choice("train", "context"), section="train",
+        help="none: the per-pixel VAE; ring: the context VAE (needs a sample ingested with --context).")
+@click.option("--preset", type=schema_choice("train", "preset"),
               help="Named architecture; 'seed' is the textbook VAE (hidden 32, latent 32, BCE).")
-@click.option("--hidden", callback=_ints, help="Hidden layer sizes, comma-separated.  [default: 128]")
-@click.option("--latent", type=int, help="Latent dimensions.  [default: 8]")
-@click.option("--beta", type=float, help="Weight of the KL term.  [default: 1.0]")
-@click.option("--reconstruction", type=click.Choice(["gaussian", "bce", "mse"]),
-              help="Reconstruction term.  [default: gaussian]")
-@click.option("--noise", type=click.Choice(["unit", "residual"]),
-              help="Covariance of the Gaussian reconstruction term when scoring.  [default: residual]")
-@click.option("--trim", type=float,
-              help="Train again without this fraction of worst-scoring sample pixels (0 = one pass).  [default: 0.02]")
-@click.option("--epochs", type=int, help="Most training epochs.  [default: 50]")
-@click.option("--max-steps", type=int, help="Most optimiser steps per training pass.  [default: 2000]")
-@click.option("--batch-size", type=int, help="Pixels per optimiser step.  [default: 1024]")
-@click.option("--lr", type=float, help="Adam learning rate.  [default: 0.001]")
-@click.option("--val-fraction", type=float, help="Held-out share of the sample.  [default: 0.1]")
-@click.option("--patience", type=int, help="Epochs without improvement before stopping (0 = never).  [default: 10]")
-@click.option("--seed", type=int, help="Random seed (weights, shuffling, split).  [default: 0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
-@click.option("--inner-window", type=int, help="LRX guard window, odd.  [default: 3]")
-@click.option("--outer-window", type=int, help="LRX background window, odd.  [default: 15]")
+@option("--hidden", callback=_ints, section="train", help="Hidden layer sizes, comma-separated.")
+@option("--latent", type=int, section="train", help="Latent dimensions.")
+@option("--beta", type=float, section="train", help="Weight of the KL term.")
+@option("--reconstruction", type=schema_choice("train", "reconstruction"), section="train",
+        help="Reconstruction term.")
+@option("--noise", type=schema_choice("train", "noise"), section="train",
+        help="Covariance of the Gaussian reconstruction term when scoring.")
+@option("--trim", type=float, section="train",
+        help="Train again without this fraction of worst-scoring sample pixels (0 = one pass).")
+@option("--epochs", type=int, section="train", help="Most training epochs.")
+@option("--max-steps", type=int, section="train", help="Most optimiser steps per training pass.")
+@option("--batch-size", type=int, section="train", help="Pixels per optimiser step.")
+@option("--lr", type=float, section="train", help="Adam learning rate.")
+@option("--val-fraction", type=float, section="train", help="Held-out share of the sample.")
+@option("--patience", type=int, section="train", help="Epochs without improvement before stopping (0 = never).")
+@seed_option("train", "Random seed (weights, shuffling, split).")
+@device_option("train", "train")
+@threads_option("train")
+@option("--inner-window", type=int, section="train", help="LRX guard window, odd.")
+@option("--outer-window", type=int, section="train", help="LRX background window, odd.")
 @common
 def train(sample_file: str, output: str, config_path: str | None, quiet: bool, **opts: Any) -> None:
     """Train a detector on a SAMPLE file and save it as a model folder.
@@ -360,11 +355,11 @@ def _score_line(summary: Any, fpr: float | None) -> str:
 @click.option("--mask-dir", type=click.Path(file_okay=False),
               help="With --outdir: also write each tile's anomaly mask as MASK_DIR/NAME.tif (needs --fpr).")
 @click.option("--fpr", type=float, help="False-alarm rate on held-out normal pixels that sets the mask threshold.")
-@click.option("--samples", type=int, help="Posterior samples to average the reconstruction over.  [default: 1]")
-@click.option("--seed", type=int, help="Seed of the posterior samples.  [default: 0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to score.  [default: cpu]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
-@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@option("--samples", type=int, section="score", help="Posterior samples to average the reconstruction over.")
+@seed_option("score", "Seed of the posterior samples.")
+@device_option("score", "score")
+@threads_option("score")
+@chunk_option("score")
 @click.option("--fast/--exact", default=None,
               help="VAE: the folded scoring path, or the previous one.  [default: the faster on this CPU]")
 @click.option("-v", "--verbose", is_flag=True, help="Also say which scoring path runs, and why.")
@@ -385,8 +380,9 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
           --mask-out work/masks/tile_000.tif --fpr 0.001
       rsvae score work/model demo/test/*.tif --outdir work/scores --mask-dir work/masks --fpr 0.001
     """
+    from pipeline.cog_writer import check_distinct
     from pipeline.detectors import load_detector
-    from pipeline.raster import check_distinct, describe
+    from pipeline.raster import describe
     from pipeline.scoring import score_raster, score_tiles
 
     many = one_or_many(tiles, output, outdir, {"--mask-out": mask_out}, {"--mask-dir": mask_dir})
@@ -395,7 +391,7 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
-    if verbose and hasattr(det, "scoring_path"):
+    if verbose and det.scoring_path(True) is not None:  # a detector with more than one scoring path (the VAE)
         path = "the reference path (posterior samples)" if s["samples"] > 1 else det.scoring_path(s["fast"]).describe()
         click.echo(f"scoring path: {path}", err=True)
     fpr = s["fpr"] if (mask_out or mask_dir) else None
@@ -418,7 +414,7 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="With --truth: folder for the metrics, OUTDIR/NAME.json.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Folder for PNG plots (ROC, quicklook, histogram).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | None, outdir: str | None,
              plots: str | None, quiet: bool) -> None:
     """Compare a score raster with a truth raster (1 = anomaly) on the same grid: FILES is SCORES TRUTH, or
@@ -470,7 +466,7 @@ def evaluate(files: tuple[str, ...], output: str | None, truth_pattern: str | No
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table to write (CSV).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the table as HTML.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Training curve PNG to write (needs --model).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tuple[str, ...], parts: tuple[str, ...],
               model: str | None, output: str, html_out: str | None, plot: str | None, quiet: bool) -> None:
     """Tabulate every tile's results: pixels flagged in its mask, its detections (count, count at rarity >= 4,
@@ -501,7 +497,7 @@ def summarize(metrics: tuple[str, ...], masks: tuple[str, ...], detections: tupl
               help="With --outdir: overlay each raster's mask MASK_DIR/NAME.tif.")
 @click.option("--band", type=int, help="Band of SCORES to show.  [default: rarity, else 1]")
 @click.option("--max-size", type=int, default=1024, show_default=True, help="Most pixels a side in the picture.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def quicklook(scores: tuple[str, ...], output: str | None, outdir: str | None, mask: str | None,
               mask_dir: str | None, band: int | None, max_size: int, quiet: bool) -> None:
     """Draw a PNG quicklook of each SCORES raster (rarity on a fixed 0-8 scale, other bands
@@ -531,12 +527,12 @@ def quicklook(scores: tuple[str, ...], output: str | None, outdir: str | None, m
               help="Detections to write for one SCORES raster: .gpkg (with a QGIS style), .geojson or .fgb.")
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="Folder for the detections of one or more SCORES rasters: OUTDIR/NAME.gpkg (see --format).")
-@click.option("--format", "suffix", type=click.Choice([".gpkg", ".geojson", ".fgb"]),
+@click.option("--format", "suffix", type=library_choice("pipeline.detections", "DRIVERS"),
               help="With --outdir: the files' format.  [default: .gpkg]")
-@click.option("--min-rarity", type=float,
-              help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).  [default: 5]")
+@option("--min-rarity", type=float, section="detect",
+        help="Rarity a pixel needs to be flagged (2: one normal pixel in 100).")
 @click.option("--fpr", type=float, help="Or: false-alarm rate per pixel (--fpr 1e-5 is --min-rarity 5).")
-@click.option("--min-pixels", type=int, help="Smallest group of flagged pixels kept.  [default: 1]")
+@option("--min-pixels", type=int, section="detect", help="Smallest group of flagged pixels kept.")
 @common
 def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suffix: str | None,
            min_rarity: float | None, fpr: float | None, min_pixels: int | None, config_path: str | None,
@@ -552,11 +548,9 @@ def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suff
       rsvae detect results/scores/*.tif --outdir results/detections
     """
     from pipeline.detections import detect as run
-    from pipeline.detections import detect_tiles
-    from pipeline.errors import InputError
+    from pipeline.detections import detect_tiles, threshold_of
 
-    if min_rarity is not None and fpr is not None:
-        raise InputError("give --min-rarity or --fpr, not both")
+    threshold_of(min_rarity, fpr)  # both given: a usage conflict (exit 2), before any other check
     many = one_or_many(scores, output, outdir, {}, {"--format": suffix})
     s, _ = settings(config_path, "detect", min_rarity=min_rarity, min_pixels=min_pixels)
     threshold = {"min_rarity": None if fpr is not None else s["min_rarity"], "fpr": fpr,
@@ -573,7 +567,7 @@ def detect(scores: tuple[str, ...], output: str | None, outdir: str | None, suff
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Merged detections (.gpkg, .geojson or .fgb).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
+@quiet_option
 def merge_detections(inputs: tuple[str, ...], output: str, quiet: bool) -> None:
     """Merge per-tile detection files into one layer, ranked again across all tiles.
 
@@ -592,7 +586,7 @@ def merge_detections(inputs: tuple[str, ...], output: str, quiet: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML page to write.")
 @click.option("--tile", "tiles", multiple=True, type=click.Path(dir_okay=False),
               help="Input tile of the detections (default: the path recorded when scoring); repeat per tile.")
-@click.option("-n", "--count", type=int, help="Detections to show, highest ranked first.  [default: 50]")
+@option("-n", "--count", type=int, section="detect", key="review", help="Detections to show, highest ranked first.")
 @common
 def review(detections: str, output: str, tiles: tuple[str, ...], count: int | None, config_path: str | None,
            quiet: bool) -> None:
@@ -619,9 +613,9 @@ def review(detections: str, output: str, tiles: tuple[str, ...], count: int | No
               help="Feature raster to write for one TILE (float32 COG; bands latent_1 ... latent_k).")
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="Folder for the feature rasters of one or more TILES: OUTDIR/NAME.tif.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to encode.  [default: cpu]")
-@click.option("--threads", type=int, help="Torch threads (0 = all cores).  [default: 1]")
-@click.option("--chunk", type=int, help="Pixels per model batch.  [default: 65536]")
+@device_option("score", "encode")
+@threads_option("score")
+@chunk_option("score")
 @common
 def features(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, config_path: str | None,
              quiet: bool, **opts: Any) -> None:
@@ -685,19 +679,13 @@ def generate(model: str, count: int, output: str, plot: str | None, sample_path:
       rsvae generate work/model -n 50 -o work/generated.csv --plot work/generated.png
       rsvae generate work/model -n 50 --temperature 0.5 -o work/typical.csv
     """
-    from pipeline import generative as gen
-    from pipeline.detectors import load_detector
+    from pipeline.generative import generate_csv
 
-    det = gen.require_vae(load_detector(model), "rsvae generate")
-    if plot:
-        gen.plot_format(plot)  # fail before writing anything
-    spectra = gen.sample(det, count, seed, temperature)
-    gen.write_spectra_csv(output, gen.spectrum_columns(det), spectra, {"sample": range(count)})
+    det, source = generate_csv(model, count, output, seed=seed, temperature=temperature, plot=plot,
+                               sample_path=sample_path)
     msg = f"wrote {output}: {count} spectra of {det.bands} bands"
     if plot:
-        ref = gen.reference_spectra(det, sample_path)
-        gen.plot_generated(det, spectra, plot, ref)
-        msg += f" and {plot}" + (f" (real spectra from {ref.source})" if ref.source else "")
+        msg += f" and {plot}" + (f" (real spectra from {source})" if source else "")
     say(quiet, msg)
 
 
@@ -747,27 +735,16 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
       rsvae interpolate work/model demo/test/tile_000.tif --from-xy 500315,4991525 --to-xy 505415,4985825 \\
           -o work/path.csv
     """
-    from pipeline import generative as gen
-    from pipeline.detectors import load_detector
+    from pipeline.generative import interpolate_csv, pixel_labels
 
-    ends = []
     for name, rc, xy in (("from", start, start_xy), ("to", end, end_xy)):
         if (rc is None) == (xy is None):
             raise click.UsageError(f"give exactly one of --{name} ROW,COL and --{name}-xy X,Y")
-        ends.append(rc if rc is not None else gen.locate(tile, *xy))
-    det = gen.require_vae(load_detector(model), "rsvae interpolate")
-    if plot:
-        gen.plot_format(plot)  # fail before writing anything
-    spectra = [gen.pixel_spectrum(tile, r, c) for r, c in ends]
-    for s in spectra:
-        det.check_bands(s.size, tile)
-    lp = gen.interpolate(det, spectra[0], spectra[1], steps)
-    gen.write_spectra_csv(output, gen.spectrum_columns(det), lp.spectra,
-                          {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
-    labels = (f"pixel ({ends[0][0]}, {ends[0][1]})", f"pixel ({ends[1][0]}, {ends[1][1]})")
+    pixels = interpolate_csv(model, tile, [start or start_xy, end or end_xy], [start is None, end is None], steps,
+                             output, plot)
+    labels = pixel_labels(pixels)
     msg = f"wrote {output}: {steps} spectra from {labels[0]} to {labels[1]}"
     if plot:
-        gen.plot_path(det, lp, plot, labels)
         msg += f" and {plot}"
     say(quiet, msg)
 
@@ -783,8 +760,7 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @click.option("--resolution", type=float, help="Pixel size in CRS units.  [default: the finest among the inputs]")
 @click.option("--like", help="Put the stack on this raster's grid, or on a model folder's CRS (at the inputs' "
                              "finest resolution).")
-@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic", "cubicspline", "lanczos",
-                                                 "average", "mode"]), help="Resampling of bands.  [default: bilinear]")
+@option("--resampling", type=library_choice("pipeline.stack", "RESAMPLING"), section="stack", help="Resampling of bands.")
 @click.option("--mask", help="Mask raster (any grid; resampled with nearest) whose --mask-values or --mask-bits "
                              "mark invalid pixels.")
 @click.option("--mask-values", callback=_ints, help="Values of --mask that are invalid, comma-separated.")

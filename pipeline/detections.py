@@ -24,10 +24,11 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
-from pipeline.errors import InputError, OutputError
+from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
+from pipeline.names import tile_name
 from pipeline.rarity import band_of
-from pipeline.raster import open_raster, tile_name
+from pipeline.raster import open_raster
 
 #: Default threshold: one normal pixel in 100 000 scores as high (about one false pixel per 100 000-pixel tile).
 DEFAULT_MIN_RARITY = 5.0
@@ -112,7 +113,7 @@ def rarity_band(ds: Any) -> int:
 def threshold_of(min_rarity: float | None, fpr: float | None) -> float:
     """The rarity threshold from ``--min-rarity`` or ``--fpr`` (−log10 of the false-alarm rate), else the default."""
     if min_rarity is not None and fpr is not None:
-        raise InputError("give --min-rarity or --fpr, not both")
+        raise UsageConflict("give --min-rarity or --fpr, not both")
     if fpr is not None:
         if not 0 < fpr < 1:
             raise InputError(f"--fpr must be in (0, 1), not {fpr}")

@@ -11,6 +11,12 @@ class InputError(RsvaeError, ValueError):
     """An input file (raster, sample) is missing, unreadable or does not fit."""
 
 
+class UsageConflict(InputError):
+    """Options that do not go together, or one that needs another: exit 2, as click's own usage errors."""
+
+    exit_code = 2
+
+
 class ConfigError(RsvaeError, ValueError):
     """A configuration key or value is wrong; the message names the key."""
 

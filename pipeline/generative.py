@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
-from pipeline.detectors.base import Detector, file_digest
+from pipeline.cog_writer import check_distinct
+from pipeline.detectors.base import Detector, Scorer, file_digest
 from pipeline.detectors.vae import F32_MAX, VAEDetector
 from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
 from pipeline.files import atomic_path
-from pipeline.raster import check_distinct, describe, pixel_index, read_pixel
+from pipeline.raster import describe, pixel_index, read_pixel
 
 if TYPE_CHECKING:
     from pipeline.scoring import ScoreSummary
@@ -40,7 +41,7 @@ PLOT_MAX_LINES = 200
 def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
     """The detector as a VAE, or a ModelError saying that ``what`` needs one (RX models have no latent space)."""
     if not isinstance(detector, VAEDetector):
-        where = getattr(detector, "origin", {}).get("path") or "model"
+        where = detector.origin.get("path") or "model"
         raise ModelError(f"{where}: is a {detector.kind!r} model; {what} needs a VAE model "
                          f"(one trained with --method vae), which has a latent space")
     return detector
@@ -48,7 +49,7 @@ def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
 
 # --------------------------------------------------------------------------------------------- features
 
-class LatentMeans(Detector):
+class LatentMeans(Scorer):
     """An adapter that lets the streaming scorer write posterior means: outputs ``latent_1`` … ``latent_k``."""
 
     #: Not "vae": the scorer tags the output with it, and must never take the adapter for the VAE itself.
@@ -58,7 +59,7 @@ class LatentMeans(Detector):
         self.vae = vae
         self.band_names = vae.band_names
         self.meta = vae.meta
-        self.origin = getattr(vae, "origin", {})
+        self.origin = vae.origin
         self.outputs = tuple(f"latent_{i + 1}" for i in range(int(vae.architecture["latent"])))
 
     def score(self, pixels: np.ndarray, chunk: int = 65536, **_: Any) -> dict[str, np.ndarray]:
@@ -69,9 +70,6 @@ class LatentMeans(Detector):
             mu[:, i:i + chunk] = self.vae.encode(pixels[i:i + chunk])[0].T
         np.nan_to_num(mu, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, mu, strict=True))
-
-    def tensors(self) -> dict[str, Any]:
-        raise NotImplementedError("LatentMeans is a view of a VAE for writing features, not a model to save")
 
 
 def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: int = 65536,
@@ -299,3 +297,52 @@ def plot_path(detector: Detector, lp: LatentPath, path: str | Path, labels: tupl
     ax.set_title("Spectra decoded along the straight latent path between two pixels", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- the commands
+
+def generate_csv(model: str | Path, count: int, output: str | Path, *, seed: int = 0, temperature: float = 1.0,
+                 plot: str | Path | None = None, sample_path: str | Path | None = None) -> tuple[VAEDetector, str | None]:
+    """``rsvae generate``: ``count`` spectra decoded from prior draws of the VAE in folder ``model``, written to the
+    CSV ``output`` (and plotted beside real training spectra to ``plot``). Returns the model and, with a plot, where
+    its real spectra came from ("" when none could be read)."""
+    from pipeline.detectors import load_detector
+
+    det = require_vae(load_detector(model), "rsvae generate")
+    if plot:
+        plot_format(plot)  # fail before writing anything
+    spectra = sample(det, count, seed, temperature)
+    write_spectra_csv(output, spectrum_columns(det), spectra, {"sample": range(count)})
+    if not plot:
+        return det, None
+    ref = reference_spectra(det, sample_path)
+    plot_generated(det, spectra, plot, ref)
+    return det, ref.source
+
+
+def interpolate_csv(model: str | Path, tile: str | Path, ends: Sequence[tuple[int, int] | tuple[float, float]],
+                    by_xy: Sequence[bool], steps: int, output: str | Path,
+                    plot: str | Path | None = None) -> list[tuple[int, int]]:
+    """``rsvae interpolate``: the decoded straight latent path between two pixels of ``tile`` (each end a (row, col),
+    or an (x, y) in the tile's CRS where ``by_xy``), written to the CSV ``output`` (and plotted to ``plot``).
+    Returns the two pixels as (row, col)."""
+    from pipeline.detectors import load_detector
+
+    pixels = [locate(tile, *end) if xy else (int(end[0]), int(end[1])) for end, xy in zip(ends, by_xy, strict=True)]
+    det = require_vae(load_detector(model), "rsvae interpolate")
+    if plot:
+        plot_format(plot)  # fail before writing anything
+    spectra = [pixel_spectrum(tile, r, c) for r, c in pixels]
+    for s in spectra:
+        det.check_bands(s.size, tile)
+    lp = interpolate(det, spectra[0], spectra[1], steps)
+    write_spectra_csv(output, spectrum_columns(det), lp.spectra,
+                      {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
+    if plot:
+        plot_path(det, lp, plot, pixel_labels(pixels))
+    return pixels
+
+
+def pixel_labels(pixels: Sequence[tuple[int, int]]) -> tuple[str, str]:
+    """How a path's two end pixels are named in plots and messages."""
+    return tuple(f"pixel ({r}, {c})" for r, c in pixels)  # type: ignore[return-value]

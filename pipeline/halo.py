@@ -22,17 +22,8 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
-from pipeline.raster import (
-    Block,
-    WindowReader,
-    _put,
-    _Stop,
-    join_all,
-    open_raster,
-    pixel_major,
-    start_worker,
-    with_margin,
-)
+from pipeline.raster import WindowReader, open_raster, pixel_major
+from pipeline.streaming import Block, _put, _Stop, join_all, start_worker, with_margin
 
 
 def row_bands(windows: Sequence[Window]) -> list[tuple[int, int, list[int]]]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.products import MaskRule, normal_name
+from pipeline.products import MaskRule, Source, normal_name
 
 #: Atmospheric water-vapour absorption windows in nm: bands centred here are noise over land.
 WATER_VAPOUR = ((1340.0, 1460.0), (1790.0, 1960.0))
@@ -290,7 +290,7 @@ EMIT_FLAG = "Aggregate Flag"
 def write_emit_mask(product: Hyperspectral, path: Path) -> Path:
     """Write the EMIT mask product's aggregate flag (1 = unusable) through the reflectance's GLT onto its map
     grid as a uint8 GeoTIFF at ``path`` (0 elsewhere: outside the swath the cube is nodata anyway)."""
-    from pipeline.raster import write_raster
+    from pipeline.cog_writer import write_raster
 
     crs, transform, width, height = _emit_grid(product)
     src = product.companion
@@ -329,9 +329,8 @@ def cube_path(output: str | Path) -> Path:
 
 def plan(product: Hyperspectral, output: str | Path, names: Sequence[str] | None = None, keep_all: bool = False,
          quality: bool = True) -> tuple[list[Any], list[MaskRule], list[str]]:
-    """The stack's sources (``stack.Source``) and masks for ``product``, and notes for the user (bands dropped).
+    """The stack's sources (``products.Source``) and masks for ``product``, and notes for the user (bands dropped).
     EMIT and PRISMA bands are first written to ``cube_path(output)``."""
-    from pipeline.stack import Source
 
     chosen = product.choose(names, keep_all)
     notes = []
@@ -361,7 +360,7 @@ def write_cube(product: Hyperspectral, bands: Sequence[SpectralBand], path: str 
     (crs, transform, width, height)."""
     import rasterio
 
-    from pipeline.raster import RasterWriter
+    from pipeline.cog_writer import RasterWriter
 
     emit = product.sensor.startswith("EMIT")
     if swath and not emit:

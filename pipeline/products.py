@@ -59,6 +59,16 @@ class Band:
 
 
 @dataclass(frozen=True)
+class Source:
+    """One band of the stack: which band of which input, its name (band description) and wavelength in nm."""
+
+    path: str
+    band: int
+    name: str
+    wavelength: float | None = None
+
+
+@dataclass(frozen=True)
 class MaskRule:
     """A mask layer (a product's quality layer, or `rsvae stack --mask`) and what in it marks a pixel unusable:
     class ``values`` or bit flags ``bits`` of band 1."""
@@ -195,20 +205,11 @@ def _landsat(folder: Path, files: list[Path]) -> Product | None:
     return Product(folder, f"Landsat {mission} {level}", bands, default, quality)
 
 
-def recognise(folder: str | Path) -> Product:
-    """The product in ``folder``, recognised from its file names; InputError when it is none rsvae knows."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
+def recognise_by_file_names(folder: Path) -> Product | None:
+    """The Landsat or Sentinel-2 product in the folder ``folder``, recognised from its file names, or None.
+    (``product_folders.recognise`` tries this first, then a folder of STAC assets.)"""
     files = _files(folder)
-    product = _landsat(folder, files) or _sentinel2(folder, files)
-    if product is None:  # downloaded STAC assets named by key (B02.tif, blue.tif, scl.tif, ...)
-        from pipeline.stac import folder_product
-
-        product = folder_product(folder)
-    if product is None:
-        raise InputError(f"no Sentinel-2 or Landsat band files in {folder}; give the band files instead")
-    return product
+    return _landsat(folder, files) or _sentinel2(folder, files)
 
 
 def band_of_file(path: str | Path) -> tuple[str, float] | None:

@@ -1,38 +1,35 @@
-"""Raster I/O: opening and checking inputs, window iteration, validity masks, and the atomic COG writer.
+"""Reading rasters: opening and checking inputs, describing them, window iteration, validity masks, single pixels.
 
-This is the only module that touches GeoTIFFs. Models never see a file, and this module never sees a model.
-A pixel is *valid* only when every band is valid: not the nodata value, finite, and not masked.
+The rooms of raster I/O: ``names`` (what a path names, no GDAL), this module (open, read, validity), ``streaming``
+(blocks through reader and writer threads) and ``cog_writer`` (the atomic COG writer). Models never see a file, and
+these modules never see a model. A pixel is *valid* only when every band is valid: not the nodata value, finite,
+and not masked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
-import queue
 import re
-import shutil
-import threading
-import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 from rasterio._err import CPLE_BaseError
-from rasterio.enums import Interleaving, MaskFlags
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from pipeline.errors import InputError, OutputError
-from pipeline.files import make_parent
+from pipeline.errors import InputError
+from pipeline.names import is_dataset_name
+from pipeline.tiffdecode import TileDecoder
 
-#: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through.
+#: Everything GDAL raises through rasterio: its own errors and the raw CPLE_* ones some calls let through
+#: (rasterio 1.4 has no public name for their base class, so this one private import stays).
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 
 #: GDAL's HTTP settings for remote reads, so a server that stalls or fails ends the read instead of hanging it:
@@ -79,68 +76,6 @@ class RasterInfo:
     @property
     def georeferenced(self) -> bool:
         return self.crs is not None or not self.transform.is_identity
-
-
-#: A URL scheme (http://, s3://, gs://, ...): rasterio maps these to GDAL's /vsicurl/, /vsis3/, ... itself.
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-#: A driver-prefixed subdataset name (SENTINEL2_L2A:..., NETCDF:..., HDF5:...); two or more characters, so a
-#: Windows drive letter is not one.
-_SUBDATASET = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")
-
-
-def is_dataset_name(path: str | Path) -> bool:
-    """Whether ``path`` names a GDAL dataset that is no local file: a /vsi path, a URL or a subdataset name.
-
-    The one place that decides "local file or GDAL dataset name": local paths get the file checks (missing,
-    folder, empty), dataset names go to GDAL as they are. An existing local file always counts as local.
-    """
-    text = os.fspath(path)
-    if text.startswith("/vsi") or _URL.match(text):
-        return True
-    return bool(_SUBDATASET.match(text)) and not os.path.exists(text)
-
-
-def tile_name(path: str | Path) -> str:
-    """A short name of a tile for output file names and tables: the file name without extension.
-
-    Works for dataset names too: ``https://host/a/x.tif?sig=...`` -> ``x``, ``/vsizip/s.zip/x.tif`` -> ``x``,
-    ``SENTINEL2_L2A:/d/S2A_X.SAFE/MTD_MSIL2A.xml:10m:EPSG_32632`` -> ``S2A_X_10m_EPSG_32632``.
-    """
-    text = os.fspath(path)
-    if is_dataset_name(text) and _SUBDATASET.match(text) and not _URL.match(text):
-        _, rest = text.split(":", 1)
-        rest = rest.strip('"')
-        file, _, extra = rest.partition(":")
-        folder = Path(file).parent.name if Path(file).suffix.lower() == ".xml" else Path(file).name
-        base = re.sub(r"\.(safe|zip)$", "", folder or Path(file).stem, flags=re.I)
-        parts = [base, *(p for p in re.split(r"[:/]", extra) if p)]
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts))
-    if _URL.match(text):
-        text = re.split(r"[?#]", text, maxsplit=1)[0]
-    name = Path(text.rstrip("/")).name
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "tile"
-
-
-def gdal_name(path: str | Path) -> str:
-    """The name GDAL itself opens for ``path``: URLs as rasterio maps them (``https://`` -> ``/vsicurl/https://``,
-    ``s3://b/k`` -> ``/vsis3/b/k``), everything else unchanged. For names written where GDAL, not rasterio, reads
-    them (a VRT's sources)."""
-    text = os.fspath(path)
-    if not _URL.match(text):
-        return text
-    from rasterio._path import _parse_path  # rasterio's own URL mapping (what rasterio.open does)
-
-    try:
-        return _parse_path(text).as_vsi()
-    except (ValueError, AttributeError):
-        return text
-
-
-def file_name(path: str | Path) -> str:
-    """The file name of a tile as recorded in samples and score tags: the local file's name, or for a dataset
-    name (URL, /vsi path, subdataset) its ``tile_name``."""
-    return tile_name(path) if is_dataset_name(path) else Path(path).name
 
 
 def is_remote(text: str | Path) -> bool:
@@ -199,7 +134,7 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
             ds = rasterio.open(path)
         except GDAL_ERRORS as exc:
             what = "cannot open" if is_dataset_name(path) else "not a readable raster"
-            raise InputError(f"{path}: {what} ({_gdal_message(exc)})") from None
+            raise InputError(f"{path}: {what} ({gdal_message(exc)})") from None
         with ds:
             if ds.count < 1:
                 raise InputError(f"{path}: raster has no bands")
@@ -208,7 +143,7 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
             yield ds
 
 
-def _gdal_message(exc: BaseException) -> str:
+def gdal_message(exc: BaseException) -> str:
     """GDAL's complaint in one line; rasterio's "See previous exception" is replaced by that exception."""
     while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
         exc = exc.__cause__ or exc.__context__
@@ -285,14 +220,14 @@ def valid_mask(data: np.ndarray, nodata: float | None, masks: np.ndarray | None 
     tmp = scratch.reshape(-1)[:data.size].reshape(data.shape) if scratch is not None else None
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.logical_and.reduce(np.isfinite(data, out=tmp), axis=axis)
-    if nodata is not None and not math.isnan(nodata) and _representable(nodata, data.dtype):
+    if nodata is not None and not math.isnan(nodata) and representable(nodata, data.dtype):
         valid &= np.logical_and.reduce(np.not_equal(data, data.dtype.type(nodata), out=tmp), axis=axis)
     if masks is not None:
         valid &= (masks != 0).all(axis=0)
     return valid
 
 
-def _representable(value: float, dtype: np.dtype) -> bool:
+def representable(value: float, dtype: np.dtype) -> bool:
     """Whether a nodata value can occur in an array of ``dtype`` (a nodata of -9999 cannot in uint16)."""
     if np.issubdtype(dtype, np.integer):
         ii = np.iinfo(dtype)
@@ -309,8 +244,6 @@ class WindowReader:
     """
 
     def __init__(self, ds: rasterio.io.DatasetReader, direct: bool = True):
-        from pipeline.tiffdecode import TileDecoder
-
         self.ds = ds
         self.nodata = ds.nodata
         self.read_masks = _needs_mask_read(ds)
@@ -353,7 +286,7 @@ class WindowReader:
                     self.ds.read(window=window, out=data)
                 masks = self.ds.read_masks(window=window) if self.read_masks else None
         except GDAL_ERRORS as exc:
-            raise self._unreadable(window, _gdal_message(exc)) from None
+            raise self._unreadable(window, gdal_message(exc)) from None
         return data, valid_mask(data, self.nodata, masks, scratch)
 
     def _unreadable(self, window: Window, why: str) -> InputError:
@@ -369,603 +302,6 @@ class WindowReader:
 def pixel_major(data: np.ndarray) -> bool:
     """Whether a (bands, rows, cols) block is a view of pixel-interleaved memory (bands adjacent in memory)."""
     return data.ndim == 3 and data.shape[0] > 1 and data.strides[0] == data.itemsize
-
-
-# --------------------------------------------------------------------------------------------- streaming
-
-@dataclass
-class Block:
-    """One window as read for streaming: data and validity with an optional margin, and the window inside them."""
-
-    index: int
-    window: Window
-    data: np.ndarray
-    valid: np.ndarray
-    inner: tuple[slice, slice]
-
-    def core(self) -> tuple[np.ndarray, np.ndarray]:
-        """Data (bands, rows, cols) and validity (rows, cols) of the window itself, without the margin (views)."""
-        r, c = self.inner
-        return self.data[:, r, c], self.valid[r, c]
-
-
-def with_margin(window: Window, margin: int, width: int, height: int) -> tuple[Window, tuple[slice, slice]]:
-    """``window`` grown by ``margin`` pixels on every side (clipped to the raster), and where it lies inside."""
-    r0, c0 = int(window.row_off), int(window.col_off)
-    h, w = int(window.height), int(window.width)
-    top, left = max(0, r0 - margin), max(0, c0 - margin)
-    bottom, right = min(height, r0 + h + margin), min(width, c0 + w + margin)
-    grown = Window(left, top, right - left, bottom - top)
-    return grown, (slice(r0 - top, r0 - top + h), slice(c0 - left, c0 - left + w))
-
-
-class _Stop(Exception):
-    """Raised inside a worker thread when the consumer has gone away."""
-
-
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
-    """Put ``item`` on a bounded queue, giving up when ``stop`` is set (so no thread waits forever)."""
-    while True:
-        if stop.is_set():
-            raise _Stop
-        try:
-            q.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-#: Live reader and writer threads of this process, with the event that stops each. A signal's exception can land
-#: at the very first instruction of a context manager's ``__exit__``, before it stops and joins its threads; the
-#: CLI then stops and joins whatever is left here (``stop_workers``) before the process exits.
-WORKERS: dict[threading.Thread, threading.Event] = {}
-
-
-def start_worker(thread: threading.Thread, stop: threading.Event) -> None:
-    """Start ``thread`` and register it (with its ``stop`` event) in WORKERS."""
-    WORKERS[thread] = stop
-    thread.start()
-
-
-def join_all(threads: Sequence[threading.Thread], stop: threading.Event) -> None:
-    """Join ``threads`` even when a signal's exception lands during the join: a reader or writer thread must not
-    outlive the datasets it uses (closing one under a running GDAL call crashes the process)."""
-    try:
-        for t in threads:
-            t.join()
-    except BaseException:
-        stop.set()
-        for t in threads:
-            t.join()
-        raise
-    finally:
-        for t in threads:
-            if not t.is_alive():
-                WORKERS.pop(t, None)
-
-
-def stop_workers() -> None:
-    """Stop and join every registered reader and writer thread (after an interrupt, before the process exits)."""
-    for stop in list(WORKERS.values()):
-        stop.set()
-    for t in list(WORKERS):
-        # A signal can land inside the thread's start(): before the thread exists (it never runs) or while start()
-        # waits for it to come up (it runs shortly, sees its stop event and ends).
-        deadline = time.monotonic() + 1.0
-        while not t.is_alive() and t.ident is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if t.ident is not None:
-            t.join()
-        WORKERS.pop(t, None)
-
-
-class BlockReader:
-    """Reads the windows of a raster in background threads and yields them as Blocks, in order.
-
-    Each thread has its own dataset handle (GDAL handles are not thread-safe) and reads every ``threads``-th
-    window into a ring of ``depth`` reused buffers; GDAL decompresses without holding the GIL, so reading overlaps
-    the consumer's work, and memory is fixed at ``threads * depth`` windows (no allocation per window, which
-    otherwise grows the readers' malloc arenas). A yielded Block is valid until the next one is asked for.
-    ``margin`` grows every window by that many pixels (clipped to the raster) for detectors that look at
-    neighbours. ``threads=0`` reads in the consumer's thread. ``direct`` (the default) decodes the tiles of a
-    pixel-interleaved GeoTIFF without GDAL (``WindowReader``): its blocks are then pixel-interleaved views.
-    Use as a context manager; errors of the readers (an unreadable block) are raised in the consumer.
-    """
-
-    def __init__(self, path: str | Path, windows: Sequence[Window], width: int, height: int, *, margin: int = 0,
-                 threads: int = 2, depth: int = 2, direct: bool = True):
-        self.path = path
-        self.direct = direct and not margin  # grown windows are never exactly one tile: no decoder for them
-        self.windows = list(windows)
-        self.size = (width, height)
-        self.margin = margin
-        self.threads = max(0, min(threads, len(self.windows)))
-        self.depth = max(1, depth)
-        self._ready = [queue.Queue() for _ in range(self.threads)]
-        self._free = [queue.Queue() for _ in range(self.threads)]
-        self._stop = threading.Event()
-        self._workers: list[threading.Thread] = []
-
-    def _grown(self, i: int) -> tuple[Window, tuple[slice, slice]]:
-        window = self.windows[i]
-        return with_margin(window, self.margin, *self.size) if self.margin else (window, (slice(None),) * 2)
-
-    def _buffer(self, reader: WindowReader, dtype: Any = None) -> np.ndarray:
-        """A flat buffer for the largest (grown) window (``reader.buffer_elements``), of the file's dtype or
-        ``dtype``."""
-        largest = max(int(w.width) * int(w.height) for w in (self._grown(i)[0] for i in range(len(self.windows))))
-        return np.empty(reader.buffer_elements(largest), dtype or reader.ds.dtypes[0])
-
-    def _work(self, k: int) -> None:
-        ready, free = self._ready[k], self._free[k]
-        try:
-            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
-                scratch = self._buffer(reader, bool)
-                for _ in range(self.depth):
-                    free.put(self._buffer(reader))
-                for i in range(k, len(self.windows), self.threads):
-                    while True:  # wait for a free buffer: the consumer is at most `depth` windows behind
-                        if self._stop.is_set():
-                            return
-                        with contextlib.suppress(queue.Empty):
-                            buffer = free.get(timeout=0.1)
-                            break
-                    grown, inner = self._grown(i)
-                    data, valid = reader.read(grown, buffer, scratch)
-                    ready.put((Block(i, self.windows[i], data, valid, inner), buffer))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            ready.put((exc, None))
-
-    def __enter__(self) -> BlockReader:
-        for k in range(self.threads):
-            t = threading.Thread(target=self._work, args=(k,), name=f"rsvae-reader-{k}", daemon=True)
-            self._workers.append(t)
-            start_worker(t, self._stop)
-        return self
-
-    def __iter__(self) -> Iterator[Block]:
-        if not self.threads:
-            with open_raster(self.path) as ds, contextlib.closing(WindowReader(ds, self.direct)) as reader:
-                buffer, scratch = self._buffer(reader), self._buffer(reader, bool)
-                for i in range(len(self.windows)):
-                    grown, inner = self._grown(i)
-                    data, valid = reader.read(grown, buffer, scratch)
-                    yield Block(i, self.windows[i], data, valid, inner)
-            return
-        for i in range(len(self.windows)):
-            k = i % self.threads
-            item, buffer = self._ready[k].get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            self._free[k].put(buffer)  # the consumer is done with this block: its buffer can be refilled
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._stop.set()
-        join_all(self._workers, self._stop)
-
-
-class BlockWriter:
-    """Writes blocks to one or more RasterWriters in a background thread, so compression overlaps the producer.
-
-    ``write(window, a, b, ...)`` queues one array per writer (at most ``depth`` wait); errors of the writing thread
-    are raised in the producer, at its next ``write`` or at the end.
-    """
-
-    def __init__(self, writers: Sequence[RasterWriter], depth: int = 4):
-        self.writers = list(writers)
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="rsvae-writer", daemon=True)
-
-    def _work(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._stop.is_set():
-                    return
-                continue
-            if item is None or self._stop.is_set():
-                return
-            window, arrays = item
-            try:
-                for w, a in zip(self.writers, arrays, strict=True):
-                    w.write(a, window)
-            except BaseException as exc:
-                self._error = exc
-                self._stop.set()
-                return
-
-    def write(self, window: Window, *arrays: np.ndarray) -> None:
-        """Queue one (bands, rows, cols) array per writer for ``window``."""
-        if self._error is not None:
-            raise self._error
-        try:
-            _put(self._queue, (window, arrays), self._stop)
-        except _Stop:
-            raise self._error or OutputError("writer stopped") from None
-
-    def __enter__(self) -> BlockWriter:
-        start_worker(self._thread, self._stop)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is not None:
-                self._stop.set()
-            while self._thread.is_alive():  # hand the thread its end marker, dropping queued blocks when stopping
-                try:
-                    self._queue.put(None, timeout=0.1)
-                    break
-                except queue.Full:
-                    if self._stop.is_set():
-                        with contextlib.suppress(queue.Empty):
-                            while True:
-                                self._queue.get_nowait()
-        except BaseException:  # a signal landed here: stop the thread, and still join it below
-            self._stop.set()
-            raise
-        finally:
-            join_all([self._thread], self._stop)
-        if exc_type is None and self._error is not None:
-            raise self._error
-
-
-#: Nodata of float outputs when the input has none (or a NaN one): finite, so every GIS tool honours it.
-DEFAULT_NODATA = -9999.0
-
-
-def output_nodata(info: RasterInfo) -> float:
-    """The nodata value of a float32 output: the input's own when finite and negative, else DEFAULT_NODATA.
-
-    Scores are non-negative, so a negative nodata never hides a valid pixel; an input nodata of 0 (common
-    for integer imagery) would.
-    """
-    if info.nodata is None or not math.isfinite(info.nodata) or info.nodata >= 0 or abs(info.nodata) > 3e38:
-        return DEFAULT_NODATA
-    return float(info.nodata)
-
-
-def check_same_bands(info: RasterInfo, count: int, source: str) -> None:
-    """Raise a clear InputError when a raster's band count differs from what ``source`` expects."""
-    if info.count != count:
-        raise InputError(f"{info.path}: has {info.count} bands but {source} expects {count}")
-
-
-# --------------------------------------------------------------------------------------------- writing
-
-#: Creation options of the final Cloud Optimized GeoTIFF: deflate + floating-point predictor is what every
-#: GIS tool reads. Level 1: on score rasters the same size as the default level 6 (0.01 % larger), 40 % less
-#: time. Overviews and statistics are made while writing (see RasterWriter) and copied.
-COG_OPTIONS = {
-    "COMPRESS": "DEFLATE",
-    "PREDICTOR": "YES",
-    "BLOCKSIZE": 256,
-    "OVERVIEWS": "AUTO",
-    "LEVEL": 1,
-    "NUM_THREADS": "ALL_CPUS",
-    "STATISTICS": "AUTO",
-}
-#: The temporary file's settings: uncompressed. Float scores hardly compress without a predictor (zstd made the
-#: temporary 10 % larger), and reading it back for overviews took 3 x longer than uncompressed.
-TEMP_OPTIONS = {"tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "IF_SAFER"}
-TEMP_ENV = {"GDAL_CACHEMAX": 16, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_DISABLE_READDIR_ON_OPEN": "FALSE"}
-
-
-def _temp_path(path: Path, suffix: str) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def overview_factors(width: int, height: int, block: int = 256) -> list[int]:
-    """Overview decimation factors 2, 4, … until the smallest level fits in one block (as the COG driver's AUTO)."""
-    factors, f = [], 1
-    while math.ceil(width / f) > block or math.ceil(height / f) > block:
-        f *= 2
-        factors.append(f)
-    return factors
-
-
-class _BandStats:
-    """Streaming per-band statistics of the valid (not nodata, finite) values written, as GDAL records them."""
-
-    def __init__(self, count: int, nodata: float | None):
-        self.nodata = nodata
-        self.n = np.zeros(count, np.int64)
-        self.mean = np.zeros(count)
-        self.m2 = np.zeros(count)
-        self.min = np.full(count, np.inf)
-        self.max = np.full(count, -np.inf)
-        self.pixels = 0
-
-    def update(self, array: np.ndarray) -> None:
-        """Add a (bands, rows, cols) block."""
-        self.pixels += array.shape[1] * array.shape[2]
-        for b, band in enumerate(array):
-            v = band.ravel()
-            keep = np.isfinite(v) if v.dtype.kind == "f" else None
-            if self.nodata is not None and not math.isnan(self.nodata):
-                ne = v != v.dtype.type(self.nodata) if _representable(self.nodata, v.dtype) else None
-                keep = ne if keep is None else (keep if ne is None else keep & ne)
-            if keep is not None and not keep.all():
-                v = v[keep]
-            if v.size == 0:
-                continue
-            v = v.astype(np.float64)
-            n, mean = v.size, float(v.mean())
-            m2 = float(np.square(v - mean).sum())
-            na = self.n[b]
-            tot = na + n
-            delta = mean - self.mean[b]
-            self.mean[b] += delta * n / tot
-            self.m2[b] += m2 + delta * delta * na * n / tot
-            self.n[b] = tot
-            self.min[b] = min(self.min[b], float(v.min()))
-            self.max[b] = max(self.max[b], float(v.max()))
-
-    def tags(self, b: int) -> dict[str, str]:
-        """GDAL's STATISTICS_* metadata items of band ``b`` (0-based); none when it has no valid value."""
-        if not self.n[b]:
-            return {}
-        return {"STATISTICS_MINIMUM": f"{self.min[b]:.14g}", "STATISTICS_MAXIMUM": f"{self.max[b]:.14g}",
-                "STATISTICS_MEAN": f"{self.mean[b]:.14g}",
-                "STATISTICS_STDDEV": f"{math.sqrt(self.m2[b] / self.n[b]):.14g}",
-                "STATISTICS_VALID_PERCENT": f"{100.0 * self.n[b] / max(self.pixels, 1):.14g}"}
-
-
-class RasterWriter:
-    """Writes a raster window by window to a temporary file, then makes it a COG and renames it into place.
-
-    Band statistics are gathered from the blocks as they are written, and overviews are built in the uncompressed
-    temporary file, so the COG copy only compresses: about half the time of letting the COG driver compute both.
-    The temporary needs about 5.3 bytes per pixel and float32 band (overviews included) of free space in the
-    output's folder while it lives. Each window must be written once (statistics count what is written).
-    Used as a context manager: on an exception nothing appears at ``path`` and the temporaries are removed;
-    an earlier file at ``path`` stays untouched until the new one is complete. ``finish_seconds`` is the time the
-    final COG step took. With ``hold=True`` the finished COG waits beside ``path`` until ``commit()`` renames it
-    into place (or ``discard()`` removes it): ``commit_together`` puts several outputs in place back to back,
-    once all of them are complete. ``cog=False`` writes a plain tiled, band-interleaved, uncompressed GeoTIFF
-    (statistics, no overviews) instead: for intermediates with hundreds of bands (a hyperspectral cube), whose
-    pixel-interleaved tiles of every band made the COG step hundreds of times slower (512 x 512 x 240 float32:
-    529 s as a COG, 1.5 s so).
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        width: int,
-        height: int,
-        count: int,
-        dtype: str,
-        crs: Any = None,
-        transform: Any = None,
-        nodata: float | None = None,
-        descriptions: Sequence[str] | None = None,
-        band_tags: Sequence[dict[str, Any]] | None = None,
-        tags: dict[str, Any] | None = None,
-        resampling: str = "AVERAGE",
-        hold: bool = False,
-        cog: bool = True,
-    ):
-        self.path = Path(path)
-        self.profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
-                            transform=transform, nodata=nodata, **TEMP_OPTIONS)
-        if transform is None:
-            del self.profile["transform"]
-        self.cog = cog
-        if not cog:
-            self.profile["interleave"] = "band"
-        self.descriptions = list(descriptions) if descriptions else None
-        self.band_tags = list(band_tags) if band_tags else None
-        self.tags = {k: str(v) for k, v in (tags or {}).items()}
-        self.resampling = resampling
-        self.stats = _BandStats(count, nodata)
-        self.finish_seconds = 0.0
-        self._tmp = _temp_path(self.path, ".tmp.tif")
-        self._cog = _temp_path(self.path, ".cog.tif")
-        self._ds = None
-        # Held by write and by close: a close (on an interrupt, from another thread than the writing one) waits
-        # for the write in flight and later writes are refused, so GDAL never closes a dataset under a write.
-        self._lock = threading.Lock()
-        self._closed = False
-        self.hold = hold
-        self._held = False  # a finished COG waits at self._cog for commit()
-        TEMPORARIES.update((self._tmp, self._cog))
-
-    def __enter__(self) -> RasterWriter:
-        try:
-            make_parent(self.path)
-            if not os.access(self.path.parent, os.W_OK):
-                raise PermissionError(f"folder {self.path.parent} is not writable")
-            with rasterio.Env(**TEMP_ENV):
-                self._ds = rasterio.open(self._tmp, "w", **self.profile)
-            if self.descriptions:
-                for i, d in enumerate(self.descriptions, start=1):
-                    self._ds.set_band_description(i, d)
-            if self.band_tags:
-                for i, t in enumerate(self.band_tags, start=1):
-                    self._ds.update_tags(i, **{k: str(v) for k, v in t.items()})
-            if self.tags:
-                self._ds.update_tags(**self.tags)
-        except (OSError, *GDAL_ERRORS) as exc:
-            note = _disk_note(self.path.parent)
-            self._abort()
-            raise OutputError(f"{self.path}: cannot write output ({_gdal_message(exc)}){note}") from None
-        except BaseException:  # Ctrl-C / SIGTERM after the file was made: __exit__ will not run
-            self._abort()
-            raise
-        return self
-
-    def _close(self, complete: bool) -> None:
-        """Close the dataset (with the band statistics when ``complete``); the lock makes a close from another
-        thread wait for the write in flight, and ``_closed`` refuses later writes."""
-        with self._lock:
-            self._closed = True
-            if self._ds is not None:
-                if complete:
-                    for b in range(self._ds.count):
-                        if self.stats.tags(b):
-                            self._ds.update_tags(b + 1, **self.stats.tags(b))
-                self._ds.close()
-
-    def _abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._close(complete=False)
-        self._cleanup()
-
-    def write(self, array: np.ndarray, window: Window | None = None) -> None:
-        """Write a (bands, rows, cols) block at ``window`` (the whole raster when None)."""
-        with self._lock:
-            if self._closed:
-                raise OutputError(f"{self.path}: write after the output was closed")
-            try:
-                self._ds.write(array, window=window)
-            except (OSError, *GDAL_ERRORS) as exc:
-                raise OutputError(f"{self.path}: write failed ({_gdal_message(exc)})"
-                                  f"{_disk_note(self.path.parent)}") from None
-            self.stats.update(array)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self._close(complete=exc_type is None)
-            if exc_type is None:
-                self._finish()
-        except (OSError, *GDAL_ERRORS) as err:
-            note = _disk_note(self.path.parent)
-            self._cleanup()
-            raise OutputError(f"{self.path}: write failed ({_gdal_message(err)}){note}") from None
-        finally:
-            remove_temporaries((self._tmp,) if self._held else (self._tmp, self._cog))
-
-    def _finish(self) -> None:
-        t0 = time.perf_counter()
-        factors = overview_factors(self.profile["width"], self.profile["height"])
-        with rasterio.Env(**TEMP_ENV):
-            check_complete(self._tmp)  # GDAL reports a failed flush at close only on stderr
-            if not self.cog:  # the temporary is the file
-                os.replace(self._tmp, self._cog)
-            else:
-                if factors:
-                    from rasterio.enums import Resampling
-
-                    # uncompressed like the temporary (this option must not reach the COG copy: its overviews
-                    # would stay uncompressed too)
-                    with rasterio.Env(COMPRESS_OVERVIEW="NONE"), rasterio.open(self._tmp, "r+") as ds:
-                        ds.build_overviews(factors, Resampling[self.resampling.lower()])
-                rasterio.shutil.copy(self._tmp, self._cog, driver="COG",
-                                     **dict(COG_OPTIONS, RESAMPLING=self.resampling))
-                check_complete(self._cog)
-        self.finish_seconds = time.perf_counter() - t0
-        if self.hold:
-            self._held = True
-        else:
-            os.replace(self._cog, self.path)
-
-    def commit(self) -> None:
-        """Rename a held, finished COG into place (``hold=True``)."""
-        if not self._held:
-            raise RuntimeError(f"{self.path}: nothing finished to commit")
-        try:
-            os.replace(self._cog, self.path)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot put the output in place ({exc.strerror or exc})") from None
-        self._held = False
-        TEMPORARIES.discard(self._cog)
-
-    def discard(self) -> None:
-        """Remove a held COG that will not be committed (the previous file at ``path`` stays)."""
-        self._held = False
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        remove_temporaries((self._tmp, self._cog))
-
-
-def commit_together(writers: Sequence[RasterWriter]) -> None:
-    """Rename the held COGs of ``writers`` into place back to back, once every one is finished (outputs that belong
-    together, e.g. scores and their mask, are replaced within microseconds of each other, not a COG step apart).
-    If one cannot be committed, those not yet renamed are removed and the error is raised."""
-    done = 0
-    try:
-        for w in writers:
-            w.commit()
-            done += 1
-    except BaseException:
-        for w in writers[done:]:
-            w.discard()
-        raise
-
-
-#: Temporary files of this process's writers not yet removed or renamed into place. The CLI removes what is
-#: left when interrupted: a signal can land where no writer's own cleanup runs (entering or leaving it).
-TEMPORARIES: set[Path] = set()
-
-
-def remove_temporaries(paths: Sequence[Path] | None = None) -> None:
-    """Delete temporaries (``paths``, or all of ``TEMPORARIES``) and their GDAL side files; never an output."""
-    for p in list(TEMPORARIES if paths is None else paths):
-        for q in (p, p.with_name(p.name + ".aux.xml"), p.with_name(p.name + ".ovr")):
-            with contextlib.suppress(OSError):  # absent, or a read-only folder where nothing was made
-                q.unlink()
-        TEMPORARIES.discard(p)
-
-
-def check_distinct(source: str | Path, outputs: Sequence[str | Path | None]) -> None:
-    """Refuse outputs that are the input or each other: the rename would replace the input or a sibling."""
-    seen = {Path(source).resolve(): "the input"}
-    for out in outputs:
-        if out is None:
-            continue
-        key = Path(out).resolve()
-        if key in seen:
-            raise OutputError(f"{out}: is also {seen[key]}; choose another output path")
-        seen[key] = "another output"
-
-
-def _disk_note(folder: Path) -> str:
-    """"; the disk is full" when the folder's file system has (almost) no space left, else ""."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return ""
-    return "; the disk is full" if free < (1 << 20) else ""
-
-
-def check_complete(path: str | Path) -> None:
-    """Raise OSError when a written GeoTIFF lacks a block: GDAL reports a write that fails while the file is
-    closed (a full disk) only on stderr, and reads the missing block back as zeros."""
-    path = Path(path)
-    size = path.stat().st_size
-    with rasterio.open(path) as ds:
-        rows, cols = ds.block_shapes[0]
-        bands = [1] if ds.interleaving == Interleaving.pixel else range(1, ds.count + 1)
-        for b in bands:
-            for i in range(math.ceil(ds.height / rows)):
-                for j in range(math.ceil(ds.width / cols)):
-                    offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=b) or 0)
-                    nbytes = int(ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=b) or 0)
-                    if offset <= 0 or nbytes <= 0 or offset + nbytes > size:
-                        raise OSError(errno.EIO, f"block ({i}, {j}) of band {b} was not written (disk full?)")
-
-
-def write_raster(path: str | Path, array: np.ndarray, **kwargs: Any) -> None:
-    """Write a whole in-memory (bands, rows, cols) array as a COG, atomically."""
-    if array.ndim == 2:
-        array = array[None]
-    with RasterWriter(path, width=array.shape[2], height=array.shape[1], count=array.shape[0],
-                      dtype=str(array.dtype), **kwargs) as w:
-        w.write(array)
-
-
-def writer_like(info: RasterInfo, path: str | Path, count: int, dtype: str = "float32",
-                nodata: float | None = None, **kwargs: Any) -> RasterWriter:
-    """A RasterWriter on the same grid and georeference as the input ``info``."""
-    return RasterWriter(
-        path, width=info.width, height=info.height, count=count, dtype=dtype, crs=info.crs,
-        transform=info.transform if info.georeferenced else None, nodata=nodata, **kwargs,
-    )
 
 
 def _check_band(ds: rasterio.io.DatasetReader, band: int) -> None:
@@ -988,7 +324,7 @@ def read_preview(path: str | Path, band: int = 1, max_size: int = 1024) -> np.ma
         try:
             data = ds.read(band, out_shape=shape, masked=True, resampling=Resampling.nearest)
         except RasterioError as exc:
-            raise InputError(f"{path}: could not read band {band} ({_gdal_message(exc)})") from None
+            raise InputError(f"{path}: could not read band {band} ({gdal_message(exc)})") from None
     if np.issubdtype(data.dtype, np.floating):
         data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
     return data
@@ -1002,7 +338,7 @@ def iter_band(path: str | Path, band: int = 1) -> Iterator[np.ma.MaskedArray]:
             try:
                 data = ds.read(band, window=window, masked=True)
             except RasterioError as exc:
-                raise InputError(f"{path}: could not read band {band} ({_gdal_message(exc)})") from None
+                raise InputError(f"{path}: could not read band {band} ({gdal_message(exc)})") from None
             if np.issubdtype(data.dtype, np.floating):
                 data = np.ma.masked_where(~np.isfinite(data.filled(0)), data)
             yield data

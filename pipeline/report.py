@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UsageConflict
 from pipeline.files import atomic_path
 from pipeline.raster import iter_band, read_preview
 
@@ -238,10 +238,10 @@ def summarize(metrics: Sequence[str | Path], masks: Sequence[str | Path], out_cs
     each batch of tiles in its job, then merges the parts (one command line per batch, never one per tile).
     """
     if not metrics and not masks and not detections and not parts:
-        raise InputError("nothing to summarize: give metrics files, --mask rasters, --detections files and/or "
+        raise UsageConflict("nothing to summarize: give metrics files, --mask rasters, --detections files and/or "
                          "--part tables")
     if plot is not None and model is None:
-        raise InputError(f"{plot}: a training curve needs --model")
+        raise UsageConflict(f"{plot}: a training curve needs --model")
     rows = metrics_table(metrics, masks, detections) if (metrics or masks or detections) else []
     seen = {r["tile"]: "this table" for r in rows}
     for part in parts:

@@ -22,7 +22,8 @@ from pipeline.detections import FIELDS
 from pipeline.detections import read as read_detections
 from pipeline.errors import InputError
 from pipeline.files import atomic_path
-from pipeline.raster import WindowReader, info_of, is_dataset_name, open_raster, tile_name
+from pipeline.names import is_dataset_name, tile_name
+from pipeline.raster import WindowReader, info_of, open_raster
 
 #: Chip half-size in pixels (the chip is up to 2·CHIP+1 pixels a side).
 CHIP = 24

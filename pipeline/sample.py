@@ -27,16 +27,10 @@ from pipeline import __version__, halo
 from pipeline.batch import BatchResult, TileOutcome, plan_outputs, run_tiles
 from pipeline.errors import InputError, OutputError
 from pipeline.files import make_parent
+from pipeline.names import file_name, is_dataset_name
 from pipeline.neighbourhood import check_windows, ring_mean
-from pipeline.raster import (
-    WindowReader,
-    file_name,
-    info_of,
-    is_dataset_name,
-    iter_windows,
-    open_raster,
-    with_margin,
-)
+from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
+from pipeline.streaming import with_margin
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 

@@ -20,27 +20,15 @@ import numpy as np
 
 from pipeline import halo
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
-from pipeline.errors import InputError, RsvaeWarning
-from pipeline.raster import (
-    Block,
-    BlockReader,
-    BlockWriter,
-    RasterWriter,
-    check_distinct,
-    commit_together,
-    file_name,
-    info_of,
-    iter_windows,
-    open_raster,
-    output_nodata,
-    pixel_major,
-    tile_name,
-    writer_like,
-)
+from pipeline.cog_writer import RasterWriter, check_distinct, commit_together, output_nodata, writer_like
+from pipeline.errors import InputError, RsvaeWarning, UsageConflict
+from pipeline.names import file_name, tile_name
+from pipeline.raster import info_of, iter_windows, open_raster, pixel_major
+from pipeline.streaming import Block, BlockReader, BlockWriter
 from pipeline.styles import write_raster_qml
 
-if TYPE_CHECKING:  # the scorer needs no torch itself: any object with the Detector interface will do
-    from pipeline.detectors.base import Detector
+if TYPE_CHECKING:  # the scorer needs no torch itself: it runs any Scorer (the contract in detectors/base.py)
+    from pipeline.detectors.base import Scorer
 
 MASK_NODATA = 255
 
@@ -60,7 +48,7 @@ class ScoreSummary:
     finish_seconds: float = 0.0
 
 
-def check_crs(detector: Detector, info, tile: str | Path) -> None:
+def check_crs(detector: Scorer, info, tile: str | Path) -> None:
     """Refuse a tile in another CRS than the training tiles; warn when the tile has no georeference."""
     if info.crs is None:
         warnings.warn(f"{tile}: has no CRS; scored, and the output has no CRS either", RsvaeWarning, stacklevel=2)
@@ -70,7 +58,7 @@ def check_crs(detector: Detector, info, tile: str | Path) -> None:
         from rasterio.crs import CRS
 
         if CRS.from_wkt(trained) != info.crs:
-            model = getattr(detector, "origin", {}).get("path") or "MODEL"
+            model = detector.origin.get("path") or "MODEL"
             fix = f"rsvae stack {shlex.quote(str(tile))} --like {shlex.quote(model)} -o {tile_name(tile)}_like_model.vrt"
             raise InputError(f"{tile}: CRS {info.crs.to_string()} differs from the training tiles' "
                              f"{CRS.from_wkt(trained).to_string()}; put it on the model's CRS (warped on the fly, "
@@ -94,7 +82,7 @@ def band_difference(model: Sequence[str], tile: Sequence[str | None]) -> str:
 
 
 def score_raster(
-    detector: Detector,
+    detector: Scorer,
     tile: str | Path,
     out: str | Path,
     *,
@@ -120,30 +108,30 @@ def score_raster(
     (``rsvae_scoring_path``).
     """
     if mask_out is not None and fpr is None:
-        raise InputError("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
+        raise UsageConflict("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
     rarity = rarity_of(detector)
     names = list(detector.outputs) + (["rarity"] if rarity[0] else [])
-    choose = getattr(detector, "scoring_path", None)  # detectors with more than one scoring path (the VAE)
-    if fast is False or (fast is not None and choose is not None):  # --exact as before; --fast where it means a path
+    several = detector.scoring_path(True) is not None  # detectors with more than one scoring path (the VAE)
+    if fast is False or (fast is not None and several):  # --exact as before; --fast where it means a path
         options["fast"] = fast
     with open_raster(tile) as ds:
         info = info_of(ds)
         try:
             detector.check_bands(info.count, str(tile))
         except InputError as exc:  # name the bands too, where both sides name theirs
-            raise InputError(f"{exc}{band_difference(getattr(detector, 'band_names', ()), info.descriptions)}"
+            raise InputError(f"{exc}{band_difference(detector.band_names, info.descriptions)}"
                              ) from None
         check_crs(detector, info, tile)
         windows = iter_windows(ds)
     nodata = output_nodata(info)
-    origin = getattr(detector, "origin", {})
+    origin = detector.origin
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
             "rsvae_detector": detector.kind, "rsvae_input": file_name(tile), "rsvae_input_path": str(tile)}
-    if choose is not None and samples <= 1:  # chosen (measured, when it is) before the reader threads start
-        tags["rsvae_scoring_path"] = choose(fast).describe()
+    if several and samples <= 1:  # chosen (measured, when it is) before the reader threads start
+        tags["rsvae_scoring_path"] = detector.scoring_path(fast).describe()
     valid_total = flagged = 0
     writers: list[RasterWriter] = []
     try:
@@ -155,7 +143,7 @@ def score_raster(
                 writers.append(stack.enter_context(writer_like(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
-            margin = int(getattr(detector, "halo", 0) or 0)
+            margin = detector.halo
             if margin and halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
                 # each tile decoded once, not once per neighbouring window (pipeline/halo.py)
                 blocks = stack.enter_context(halo.RowBandReader(tile, windows, info.width, info.height,
@@ -194,7 +182,7 @@ def score_raster(
 
 
 def score_tiles(
-    detector: Detector,
+    detector: Scorer,
     tiles: Sequence[str | Path],
     outdir: str | Path,
     *,
@@ -214,7 +202,7 @@ def score_tiles(
     """
     if mask_dir is not None:
         if fpr is None:
-            raise InputError("--mask-dir needs --fpr (the false-alarm rate that sets the threshold)")
+            raise UsageConflict("--mask-dir needs --fpr (the false-alarm rate that sets the threshold)")
         detector.threshold(fpr)
     jobs = plan_outputs(tiles, {"scores": outdir, "mask": mask_dir})
 
@@ -227,14 +215,14 @@ def score_tiles(
     return run_tiles(jobs, one, on_done)
 
 
-def rarity_of(detector: Detector) -> tuple[bool, Callable[[np.ndarray], np.ndarray] | None]:
+def rarity_of(detector: Scorer) -> tuple[bool, Callable[[np.ndarray], np.ndarray] | None]:
     """Whether the score raster gets a rarity band after the detector's outputs, and the score -> rarity lookup it
     is written with.
 
     No band for adapters whose first output is not an anomaly score (latent features); a band of nodata (lookup
     None, with a warning) for a detector without calibration (local RX).
     """
-    if not detector.outputs or detector.outputs[0] != "score" or not hasattr(detector, "rarity_table"):
+    if not detector.has_rarity:
         return False, None
     if not detector.meta.get("calibration"):
         warnings.warn(f"{detector.kind} model has no calibration of held-out scores: the rarity band is nodata",
@@ -243,7 +231,7 @@ def rarity_of(detector: Detector) -> tuple[bool, Callable[[np.ndarray], np.ndarr
     return True, detector.rarity_table()
 
 
-def score_block(detector: Detector, block: Block, nodata: float, options: dict[str, Any],
+def score_block(detector: Scorer, block: Block, nodata: float, options: dict[str, Any],
                 rarity: tuple[bool, Callable[[np.ndarray], np.ndarray] | None] = (False, None),
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Score one block: ``(outputs (k, rows, cols) float32 with nodata where invalid, valid (rows, cols))``.
@@ -263,7 +251,7 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
     out = np.full((k + extra, *valid.shape), nodata, np.float32)
     if not valid.any():
         return out, valid
-    halo = int(getattr(detector, "halo", 0) or 0)
+    halo = detector.halo
     if halo:
         terms = detector.score_block(*pad_to_halo(block, halo))
         valid = valid & np.isfinite(terms["score"])
@@ -273,16 +261,13 @@ def score_block(detector: Detector, block: Block, nodata: float, options: dict[s
             out[k][valid] = to_rarity(out[0][valid])
         return out, valid
     everything = bool(valid.all())
-    if pixel_major(data) and hasattr(detector, "score"):
+    if pixel_major(data):
         # a directly decoded tile: (rows, cols, bands) memory, handed over as (n, bands) rows
         rows = data.transpose(1, 2, 0)
         terms = detector.score(rows.reshape(-1, rows.shape[-1]) if everything else rows[valid], **options)
     else:
         pixels = data.reshape(data.shape[0], -1) if everything else data[:, valid]  # (bands, n): a view when all valid
-        if hasattr(detector, "score_bands"):
-            terms = detector.score_bands(pixels, **options)
-        else:
-            terms = detector.score(pixels.T, **options)
+        terms = detector.score_bands(pixels, **options)
     for i, key in enumerate(detector.outputs):
         if everything:
             out[i].reshape(-1)[:] = terms[key]

@@ -27,22 +27,12 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 
-from pipeline.errors import InputError, OutputError
+from pipeline.cog_writer import RasterWriter, check_distinct
+from pipeline.errors import InputError, OutputError, UsageConflict
 from pipeline.files import atomic_path
-from pipeline.products import MaskRule
-from pipeline.raster import (
-    GDAL_ERRORS,
-    RasterWriter,
-    _gdal_message,
-    _representable,
-    check_distinct,
-    gdal_name,
-    info_of,
-    is_dataset_name,
-    open_raster,
-    read_env,
-    tile_name,
-)
+from pipeline.names import gdal_name, is_dataset_name, tile_name
+from pipeline.products import MaskRule, Source
+from pipeline.raster import GDAL_ERRORS, gdal_message, info_of, open_raster, read_env, representable
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
 #: Block size the VRT declares: the windows every command streams the stack by.
@@ -54,16 +44,6 @@ WRITE_WINDOW = (256, 2048)
 #: slow down hundreds of times (512 x 512 float32: 120 bands 22 s, 240 bands 529 s), so the stack is written
 #: as a plain tiled, band-interleaved GeoTIFF instead (``RasterWriter(cog=False)``: 1.5 s for 240 bands).
 COG_TILE_LIMIT = 32 << 20
-
-
-@dataclass(frozen=True)
-class Source:
-    """One band of the stack: which band of which input, its name (band description) and wavelength in nm."""
-
-    path: str
-    band: int
-    name: str
-    wavelength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,12 +92,12 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
     """The stack's bands and the product's quality-mask rule: one product folder or STAC item, or band files in
     order.
 
-    A folder is recognised from its file names (``products.recognise``), an item from its assets
+    A folder is recognised from its file names (``product_folders.recognise``), an item from its assets
     (``stac.item_product``); files give all their bands in order,
     named after the sensor band their file name shows (``*_B02.tif`` -> ``B02``, 490 nm), else after their band
     descriptions or file names; ``bands`` then picks among those names.
     """
-    from pipeline import products, stac
+    from pipeline import product_folders, products, stac
 
     if not inputs:
         raise InputError("no inputs to stack")
@@ -129,7 +109,7 @@ def plan_inputs(inputs: Sequence[str], bands: Sequence[str] | None = None,
         if stac.is_item_name(folders[0]):
             product = stac.item_product(folders[0])
         else:
-            product = products.recognise(folders[0])
+            product = product_folders.recognise(folders[0])
         chosen = product.select(bands)
         sources = [Source(str(b.path), 1, b.name, b.wavelength) for b in chosen]
         q = product.quality
@@ -289,12 +269,13 @@ def _warped_xml(inp: _Input, grid: Grid, resampling: str) -> str:
 def build_vrt(sources: Sequence[Source], inputs: dict[str, _Input], grid: Grid, *, resampling: str,
               nodata: float | None, dtype: str, vrt_dir: Path | None, mask_file: str | None = None) -> str:
     """The stack's VRT XML: one band per source on ``grid``; paths relative to ``vrt_dir`` (absolute when None)."""
-    from rasterio.dtypes import _gdal_typename
+    # rasterio's public tables: numpy name -> GDAL type code -> GDAL type name
+    from rasterio.dtypes import dtype_rev, typename_fwd
 
     root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
     ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
-    gdal_type = _gdal_typename(dtype)
+    gdal_type = typename_fwd[dtype_rev[np.dtype(dtype).name]]
     warped: dict[str, str] = {}
     for i, src in enumerate(sources, start=1):
         inp = inputs[src.path]
@@ -379,7 +360,7 @@ class _MaskReader:
             try:
                 data = vrt.read(1, window=window)
             except GDAL_ERRORS as exc:
-                raise InputError(f"{rule.path}: could not read the mask ({_gdal_message(exc)})") from None
+                raise InputError(f"{rule.path}: could not read the mask ({gdal_message(exc)})") from None
             hit = rule.bad(data)
             self.counts[rule.label] += int(hit.sum())
             bad |= hit
@@ -415,7 +396,7 @@ def _stack_nodata(inputs: dict[str, _Input], sources: Sequence[Source], dtype: s
     (Sentinel-2's and Landsat's fill) or -9999."""
     for src in sources:
         nd = inputs[src.path].info.nodata
-        if nd is not None and not math.isnan(nd) and _representable(nd, np.dtype(dtype)):
+        if nd is not None and not math.isnan(nd) and representable(nd, np.dtype(dtype)):
             return float(nd)
     if need:
         return 0.0 if np.issubdtype(np.dtype(dtype), np.integer) else -9999.0
@@ -449,9 +430,9 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
     if resolution is not None and not resolution > 0:
         raise InputError(f"--resolution {resolution}: must be a positive number of CRS units")
     if mask is None and (mask_values or mask_bits):
-        raise InputError("--mask-values and --mask-bits need --mask FILE")
+        raise UsageConflict("--mask-values and --mask-bits need --mask FILE")
     if mask is not None and not (mask_values or mask_bits):
-        raise InputError(f"{mask}: say which pixels it masks with --mask-values V,... or --mask-bits B,...")
+        raise UsageConflict(f"{mask}: say which pixels it masks with --mask-values V,... or --mask-bits B,...")
     from pipeline import hyperspectral
 
     notes: list[str] = []
@@ -461,7 +442,7 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
             raise InputError(f"{inputs[0]}: --swath writes an EMIT product's swath as a .tif; give one EMIT .nc "
                              "and -o SCENE.tif")
         if like or resolution or mask:
-            raise InputError(f"{inputs[0]}: --swath keeps the sensor's grid; --like, --resolution and --mask "
+            raise UsageConflict(f"{inputs[0]}: --swath keeps the sensor's grid; --like, --resolution and --mask "
                              "do not apply to it")
         chosen = hyper.choose(bands, keep_all_bands)
         crs, transform, width, height = hyperspectral.write_cube(hyper, chosen, output, swath=True)
@@ -532,7 +513,7 @@ def _check_vrt(path: Path, output: Path) -> None:
             ds.read(window=w)
             ds.read_masks(1, window=w)
     except GDAL_ERRORS as exc:
-        raise InputError(f"{output}: the stack cannot be read back ({_gdal_message(exc)})") from None
+        raise InputError(f"{output}: the stack cannot be read back ({gdal_message(exc)})") from None
 
 
 def _write_mask(rules: Sequence[MaskRule], grid: Grid, path: Path) -> dict[str, int]:
@@ -564,7 +545,7 @@ def _materialise(sources: Sequence[Source], inputs: dict[str, _Input], grid: Gri
             try:
                 data = vrt.read(window=window)
             except GDAL_ERRORS as exc:
-                raise InputError(f"{sources[0].path}: could not read the inputs ({_gdal_message(exc)})") from None
+                raise InputError(f"{sources[0].path}: could not read the inputs ({gdal_message(exc)})") from None
             if rules:
                 data[:, masks.read(window)] = np.asarray(nodata, dtype=dtype)
             w.write(data, window)

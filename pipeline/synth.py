@@ -16,7 +16,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 
-from pipeline.raster import write_raster
+from pipeline.cog_writer import write_raster
 
 #: Demo projection: UTM zone 32N (metres), 30 m pixels like Landsat.
 DEMO_CRS = CRS.from_epsg(32632)

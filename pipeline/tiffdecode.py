@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.names import is_dataset_name
+
 if TYPE_CHECKING:
     import rasterio.io
     from rasterio.windows import Window
@@ -54,8 +56,6 @@ class TileDecoder:
     @classmethod
     def open(cls, ds: rasterio.io.DatasetReader) -> tuple[TileDecoder | None, str]:
         """A decoder for the open dataset ``ds`` (``(decoder, "")``), or ``(None, why not)``: then read with GDAL."""
-        from pipeline.raster import is_dataset_name
-
         name = ds.name
         if ds.driver != "GTiff" or is_dataset_name(name) or not os.path.isfile(name):
             return None, "not a local GeoTIFF"

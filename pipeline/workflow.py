@@ -18,6 +18,7 @@ import yaml
 
 from pipeline.config import validate
 from pipeline.errors import ConfigError
+from pipeline.names import is_dataset_name, tile_name
 
 #: Environment variables read when the config's cluster section leaves account or partition empty
 #: (the names sbatch itself reads, so a shell already set up for sbatch needs nothing more).
@@ -91,8 +92,6 @@ def expand_tiles(patterns: Sequence[str], key: str) -> dict[str, str]:
     ``raster.tile_name``. A glob may also match product folders (Sentinel-2 .SAFE, Landsat): they are returned
     as folders here, and ``plan`` turns each into a stack job.
     """
-    from pipeline.raster import is_dataset_name, tile_name
-
     tiles: dict[str, str] = {}
     for pattern in patterns:
         if is_dataset_name(pattern):
@@ -142,7 +141,7 @@ def _entries(entries: Sequence[Any], key: str, results: str) -> dict[str, str]:
 def _product(path: str, *, explicit: bool, key: str) -> bool:
     """Whether ``path`` is a product folder rsvae recognises; a folder named outright that is none is an error."""
     from pipeline.errors import InputError
-    from pipeline.products import recognise
+    from pipeline.product_folders import recognise
 
     if not os.path.isdir(path):
         return False
@@ -173,7 +172,6 @@ def _stacked(tiles: dict[str, str], results: str, stacks: dict[str, str]) -> dic
     """Product folders and dataset names (URLs, /vsi paths) replaced by the VRT their stack job writes
     (``RESULTS/stacks/NAME.vrt``), noted in ``stacks`` (name -> folder or name). A URL thus becomes a small local
     file the rules can name as input (Snakemake takes inputs for local paths), and the VRT reads the URL."""
-    from pipeline.raster import is_dataset_name
     from pipeline.stac import is_item_name
 
     out = {}
@@ -249,8 +247,6 @@ def _tiles(config: dict[str, Any]) -> Plan:
 
 def stack_input(source: str) -> list[str]:
     """The stack job's input files: the product folder, or none for a dataset name (a URL is no local file)."""
-    from pipeline.raster import is_dataset_name
-
     return [] if is_dataset_name(source) else [source]
 
 

@@ -3,9 +3,12 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # end to end, > 15 s: run by .ci/run, not by the README's test command
 def test_throughput_benchmark_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import throughput
@@ -20,6 +23,7 @@ def test_throughput_benchmark_smoke(tmp_path, capsys, monkeypatch):
     del sys.modules["throughput"]
 
 
+@pytest.mark.slow  # end to end, > 15 s: run by .ci/run, not by the README's test command
 def test_throughput_sentinel2_case_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import throughput

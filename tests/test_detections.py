@@ -135,7 +135,7 @@ def test_cli_detect(tmp_path):
     assert res.exit_code == 0 and "2 detections" in res.output
     res = runner.invoke(cli, ["detect", str(path), "-o", str(tmp_path / "d.gpkg"), "--fpr", "1e-4",
                               "--min-rarity", "3"])
-    assert res.exit_code != 0 and res.output.strip() == "Error: give --min-rarity or --fpr, not both"
+    assert res.exit_code == 2 and res.output.strip() == "Error: give --min-rarity or --fpr, not both"
 
 
 def test_cli_detect_many_rasters_into_a_folder(tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.halo import RowBandReader, row_bands, suits
-from pipeline.raster import BlockReader, iter_windows, open_raster
+from pipeline.raster import iter_windows, open_raster
+from pipeline.streaming import BlockReader
 from tests.conftest import write_tif
 
 

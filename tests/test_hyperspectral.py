@@ -159,7 +159,7 @@ def test_emit_swath_grid(tmp_path):
         assert ds.crs is None and np.array_equal(ds.read(1), f["reflectance"][:, :, first])
     out = run("stack", nc, "--swath", "-o", tmp_path / "swath.vrt", code=1)
     assert "--swath writes an EMIT product's swath as a .tif" in out
-    out = run("stack", nc, "--swath", "--resolution", "60", "-o", tmp_path / "s2.tif", code=1)
+    out = run("stack", nc, "--swath", "--resolution", "60", "-o", tmp_path / "s2.tif", code=2)  # a usage conflict
     assert "--swath keeps the sensor's grid; --like, --resolution and --mask do not apply" in out
 
 
@@ -193,7 +193,7 @@ def test_workflow_stacks_hyperspectral_products(tmp_path):
 def test_plain_writer_is_atomic(tmp_path):
     from rasterio.windows import Window
 
-    from pipeline.raster import RasterWriter
+    from pipeline.cog_writer import RasterWriter
 
     out = tmp_path / "cube.tif"
     with pytest.raises(RuntimeError), RasterWriter(out, width=8, height=8, count=3, dtype="float32", crs="EPSG:32632",

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from pipeline.cli import cli
-from pipeline.products import band_of_file, recognise
+from pipeline.product_folders import recognise
+from pipeline.products import band_of_file
 
 TRAIN = ("--epochs", "2", "--patience", "0", "--batch-size", "256", "--threads", "1", "-q")
 

@@ -4,16 +4,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline.cog_writer import RasterWriter, write_raster
 from pipeline.errors import InputError
-from pipeline.raster import (
-    RasterWriter,
-    WindowReader,
-    describe,
-    iter_windows,
-    open_raster,
-    valid_mask,
-    write_raster,
-)
+from pipeline.raster import WindowReader, describe, iter_windows, open_raster, valid_mask
 from tests.conftest import write_tif
 
 
@@ -99,7 +92,7 @@ def _tiled(tmp_path, bands=3, rows=70, cols=90, block=32):
 @pytest.mark.parametrize("threads", [0, 1, 3])
 @pytest.mark.parametrize("margin", [0, 2])
 def test_block_reader_yields_every_window_in_order_with_margins(tmp_path, threads, margin):
-    from pipeline.raster import BlockReader
+    from pipeline.streaming import BlockReader
 
     data, path = _tiled(tmp_path)
     with open_raster(path) as ds:
@@ -119,7 +112,7 @@ def test_block_reader_yields_every_window_in_order_with_margins(tmp_path, thread
 
 
 def test_block_reader_raises_unreadable_block_in_consumer(tmp_path):
-    from pipeline.raster import BlockReader
+    from pipeline.streaming import BlockReader
 
     data = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)
     path = write_tif(tmp_path / "t.tif", data, tiled=True, blockxsize=32, blockysize=32, compress="deflate")
@@ -146,7 +139,7 @@ def test_block_writer_raises_the_writing_threads_error(tmp_path):
     from rasterio.windows import Window
 
     from pipeline.errors import OutputError
-    from pipeline.raster import BlockWriter
+    from pipeline.streaming import BlockWriter
 
     class Failing:
         def write(self, array, window):
@@ -158,7 +151,7 @@ def test_block_writer_raises_the_writing_threads_error(tmp_path):
 
 
 def test_overview_factors_until_one_block():
-    from pipeline.raster import overview_factors
+    from pipeline.cog_writer import overview_factors
 
     assert overview_factors(256, 256) == []
     assert overview_factors(600, 600) == [2, 4]
@@ -199,9 +192,9 @@ def test_closing_a_writer_waits_for_the_write_in_flight(tmp_path, monkeypatch):
 
     from rasterio.windows import Window
 
-    from pipeline import raster
+    from pipeline import streaming
     from pipeline.errors import OutputError
-    from pipeline.raster import BlockWriter
+    from pipeline.streaming import BlockWriter
 
     real_write = rasterio.io.DatasetWriter.write
     entered, writes_done = threading.Event(), []
@@ -226,8 +219,8 @@ def test_closing_a_writer_waits_for_the_write_in_flight(tmp_path, monkeypatch):
     closed_at = time.perf_counter()
     # the close waited for the write in flight (and any that won the lock before it): none ends after it
     assert writes_done and all(t <= closed_at for t in writes_done)
-    raster.stop_workers()
-    assert not sink._thread.is_alive() and not raster.WORKERS
+    streaming.stop_workers()
+    assert not sink._thread.is_alive() and not streaming.WORKERS
     # the queued block was dropped (stopped) or refused (closed), never written to the closed dataset
     assert sink._error is None or "after the output was closed" in str(sink._error)
     with pytest.raises(OutputError, match="after the output was closed"):
@@ -239,13 +232,13 @@ def test_stop_workers_skips_a_thread_whose_start_was_interrupted():
     """A signal landing at the first instruction of Thread.start() leaves a registered thread that never ran."""
     import threading
 
-    from pipeline import raster
+    from pipeline import streaming
 
     never = threading.Thread(target=lambda: None)
-    raster.WORKERS[never] = threading.Event()  # registered, as start_worker does first, but never started
+    streaming.WORKERS[never] = threading.Event()  # registered, as start_worker does first, but never started
     ran = threading.Event()
     stop = threading.Event()
     started = threading.Thread(target=lambda: (ran.set(), stop.wait(5)))
-    raster.start_worker(started, stop)
-    raster.stop_workers()
-    assert ran.is_set() and not started.is_alive() and not raster.WORKERS
+    streaming.start_worker(started, stop)
+    streaming.stop_workers()
+    assert ran.is_set() and not started.is_alive() and not streaming.WORKERS

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
-from pipeline.raster import WindowReader, iter_windows, open_raster, write_raster
+from pipeline.cog_writer import write_raster
+from pipeline.raster import WindowReader, iter_windows, open_raster
 
 DTYPES = ["uint8", "uint16", "int16", "int32", "float32", "float64"]
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,6 +5,7 @@ import pytest
 import rasterio
 
 from pipeline.detectors import load_detector
+from pipeline.detectors.base import Scorer
 from pipeline.errors import InputError
 from pipeline.scoring import score_raster
 from tests.conftest import write_tif
@@ -59,7 +60,7 @@ def test_mask_needs_fpr(model_dir, demo, tmp_path):
 
 # ---- the streaming loop: deterministic whatever the threads, generic over detectors, margins for neighbours
 
-class BandSum:
+class BandSum(Scorer):
     """A detector with only the generic ``score(pixels (n, bands))``: the sum of the bands."""
 
     kind = "band-sum"
@@ -164,7 +165,7 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
 
     import rasterio.shutil
 
-    from pipeline import raster
+    from pipeline import cog_writer
 
     events: list[str] = []
     real_copy, real_replace = rasterio.shutil.copy, os.replace
@@ -177,8 +178,8 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
         real_replace(src, dst)
         events.append(f"rename {os.path.basename(dst)}")
 
-    monkeypatch.setattr(raster.rasterio.shutil, "copy", copy)
-    monkeypatch.setattr(raster.os, "replace", replace)
+    monkeypatch.setattr(cog_writer.rasterio.shutil, "copy", copy)
+    monkeypatch.setattr(cog_writer.os, "replace", replace)
     det = load_detector(model_dir)
     score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
     assert events == ["cog", "cog", "rename s.tif", "rename m.tif", "rename s.qml"]  # the style once both are in
@@ -187,13 +188,13 @@ def test_scores_and_mask_are_renamed_together_once_both_are_complete(model_dir, 
 def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_path, monkeypatch):
     """When the score raster cannot be finished (its mask already is), neither output is replaced and no temporary
     is left: a new mask never lands beside the previous scores."""
-    from pipeline import raster
+    from pipeline import cog_writer
     from pipeline.errors import OutputError
 
     det = load_detector(model_dir)
     (tmp_path / "s.tif").write_bytes(b"previous scores")
     (tmp_path / "m.tif").write_bytes(b"previous mask")
-    real_check = raster.check_complete
+    real_check = cog_writer.check_complete
 
     def check(path):
         name = str(path).rsplit("/", 1)[-1]
@@ -201,7 +202,7 @@ def test_when_one_of_the_pair_fails_neither_is_replaced(model_dir, demo, tmp_pat
             raise OutputError(f"{path}: simulated failure")
         real_check(path)
 
-    monkeypatch.setattr(raster, "check_complete", check)
+    monkeypatch.setattr(cog_writer, "check_complete", check)
     with pytest.raises(OutputError, match="simulated"):
         score_raster(det, demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif", fpr=0.01)
     assert (tmp_path / "s.tif").read_bytes() == b"previous scores"
@@ -213,7 +214,7 @@ def test_a_failed_rename_is_one_error_and_leaves_nothing(model_dir, demo, tmp_pa
     """If the second output cannot be renamed into place, the error names it and no temporary stays behind."""
     import os
 
-    from pipeline import raster
+    from pipeline import cog_writer
     from pipeline.errors import OutputError
 
     real_replace = os.replace
@@ -223,8 +224,26 @@ def test_a_failed_rename_is_one_error_and_leaves_nothing(model_dir, demo, tmp_pa
             raise PermissionError(13, "Permission denied")
         real_replace(src, dst)
 
-    monkeypatch.setattr(raster.os, "replace", replace)
+    monkeypatch.setattr(cog_writer.os, "replace", replace)
     with pytest.raises(OutputError, match=r"m\.tif: cannot put the output in place \(Permission denied\)"):
         score_raster(load_detector(model_dir), demo.test[0], tmp_path / "s.tif", mask_out=tmp_path / "m.tif",
                      fpr=0.01)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_the_scorer_contract_has_defaults_for_all_but_score():
+    """What the scorer asks of a detector is written in detectors/base.Scorer: a Scorer with only ``score`` gets the
+    band-major path, no halo, an empty origin and no rarity band; detectors are Scorers that are also saved, and the
+    generative side's adapter is a Scorer only (it refuses nothing of a contract it does not take)."""
+    from pipeline.detectors import LRXDetector, RXDetector, VAEDetector
+    from pipeline.detectors.base import Detector
+    from pipeline.generative import LatentMeans
+
+    s = BandSum()
+    pixels = np.arange(12, dtype=np.float32).reshape(3, 4)  # (bands, n)
+    assert {k: v.tolist() for k, v in s.score_bands(pixels).items()} == {"score": [12, 15, 18, 21], "first": [0, 1, 2, 3]}
+    assert s.halo == 0 and dict(s.origin) == {} and not s.has_rarity and s.rarity_table() is None
+    assert all(issubclass(c, Detector) for c in (VAEDetector, RXDetector, LRXDetector))
+    assert Detector.has_rarity is not Scorer.has_rarity  # detectors: a rarity band for their `score`
+    assert issubclass(LatentMeans, Scorer) and not issubclass(LatentMeans, Detector)
+    assert not hasattr(LatentMeans, "tensors")

@@ -450,6 +450,7 @@ def test_bad_searches_named_in_one_line(served, tmp_path, no_backoff):
         config(url=f"{base}/api", colections=["x"])
 
 
+@pytest.mark.slow  # end to end, > 15 s: run by .ci/run, not by the README's test command
 def test_a_search_runs_through_the_workflow(served, repo):  # noqa: F811  (the fixture imported above)
     """Snakemake on a config whose normal tiles are a STAC search and whose target is an item URL: one stack job
     per item, then the usual steps; the search was asked once."""
@@ -475,6 +476,7 @@ def test_a_search_runs_through_the_workflow(served, repo):  # noqa: F811  (the f
         assert ds.read(1, masked=True).mask.sum() == 100  # SCL's cloud, not scored
 
 
+@pytest.mark.slow  # end to end, > 15 s: run by .ci/run, not by the README's test command
 def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
     """benchmarks/stac_stack.py runs end to end at a tiny size (no timing asserted)."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from pipeline.cli import cli
-from pipeline.raster import WindowReader, is_dataset_name, open_raster, tile_name
+from pipeline.names import is_dataset_name, tile_name
+from pipeline.raster import WindowReader, open_raster
 
 #: ../shared beside the repository (a git worktree elsewhere can point at it with $RSVAE_SHARED)
 SHARED = Path(os.environ.get("RSVAE_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
@@ -119,7 +120,7 @@ def _touch(folder: Path, names: list[str]) -> Path:
      "Sentinel-2", ["B02"], "SCL"),
 ])
 def test_products_recognised_from_file_names(tmp_path, names, sensor, default, quality):
-    from pipeline.products import recognise
+    from pipeline.product_folders import recognise
 
     product = recognise(_touch(tmp_path / "p", names))
     assert product.sensor == sensor and product.quality.label == quality

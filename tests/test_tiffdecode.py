@@ -5,8 +5,9 @@ import pytest
 import rasterio
 
 from pipeline.errors import InputError
-from pipeline.raster import BlockReader, WindowReader, iter_windows, open_raster, pixel_major, valid_mask
+from pipeline.raster import WindowReader, iter_windows, open_raster, pixel_major, valid_mask
 from pipeline.scoring import score_raster
+from pipeline.streaming import BlockReader
 from pipeline.tiffdecode import TileDecoder
 from tests.conftest import write_tif
 

@@ -206,7 +206,7 @@ def test_path_picked_per_cpu_is_measured_once_and_kept_unless_clearly_slower(mod
     _assert_close_to_reference(det, x, det.score(x))
 
     timings = {}
-    monkeypatch.setattr(vae_inference, "measure_paths", lambda d: dict(timings))
+    monkeypatch.setattr(vae_inference, "measure_paths", lambda *_: dict(timings))
     for folded, exact, picked in ((100.0, 95.0, "folded"), (100.0, 80.0, "exact"), (80.0, 100.0, "folded")):
         timings.update(folded=folded, exact=exact)
         with torch.no_grad():
@@ -224,7 +224,7 @@ def test_path_picked_per_cpu_is_measured_once_and_kept_unless_clearly_slower(mod
             det.score(x)
             assert calls
             monkeypatch.undo()
-            monkeypatch.setattr(vae_inference, "measure_paths", lambda d: dict(timings))
+            monkeypatch.setattr(vae_inference, "measure_paths", lambda *_: dict(timings))
 
 
 def test_folded_path_on_integer_input_and_pixels_far_from_the_sample(model_dir, sample_file):

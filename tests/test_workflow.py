@@ -186,6 +186,7 @@ def check_geotiff(path: Path, like: Path, count: int, dtype: str) -> None:
         ds.read()  # every block decodes
 
 
+@pytest.mark.slow  # end to end, > 15 s: run by .ci/run, not by the README's test command
 def test_demo_runs_end_to_end_and_builds_the_report(repo):
     import numpy as np
     import rasterio
@@ -315,6 +316,7 @@ def test_plan_stacks_product_folders_and_takes_urls(tmp_path):
         wf.plan(validate(dict(config, normal=[f"{tmp_path}/S2/notes"])))
 
 
+@pytest.mark.slow  # end to end, > 15 s: run by .ci/run, not by the README's test command
 def test_product_folders_run_through_the_workflow(repo):
     import rasterio
 

@@ -14,7 +14,9 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,8 +36,14 @@ META = "model.json"
 CALIBRATION_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.99, 100), 1.0 - np.logspace(-2, -6, 41), [1.0]]))
 
 
-class Detector(ABC):
-    """Fit on normal pixels, score any pixels; ``score`` is the first and main output band."""
+class Scorer(ABC):
+    """What the streaming scorer (``pipeline.scoring``) needs of anything it runs over a raster: named per-pixel
+    outputs (``score`` first for anomaly detectors), the bands it expects, the halo of context it needs, where it
+    was loaded from, and the score -> rarity lookup. Every method here has a working default but ``score``.
+
+    Detectors (below) are Scorers that are also fitted, calibrated and saved; an adapter that only scores (the
+    generative side's ``LatentMeans``) is a Scorer and nothing more.
+    """
 
     kind: ClassVar[str]
     #: Names of the per-pixel arrays ``score`` returns, in output-band order.
@@ -48,13 +56,23 @@ class Detector(ABC):
     #: Detectors with a halo score windows read with that margin through ``score_block``.
     halo: int = 0
 
+    #: Where the model was loaded from: ``{"path": folder, "digest": weights' sha256}`` (set by
+    #: ``detectors.load_detector``; empty for a detector fitted in this process). Score rasters are tagged with it.
+    origin: Mapping[str, str] = MappingProxyType({})
+
     @property
     def bands(self) -> int:
         return len(self.band_names)
 
     @abstractmethod
-    def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-pixel outputs for ``pixels`` (n, bands): a dict of float32 arrays (n,), keys as ``outputs``."""
+    def score(self, pixels: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
+        """Per-pixel outputs for ``pixels`` (n, bands): a dict of float32 arrays (n,), keys as ``outputs``;
+        ``options`` are the scoring settings (``samples``, ``seed``, ``chunk``, ...), ignored where they mean nothing."""
+
+    def score_bands(self, pixels: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
+        """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block. This default scores the
+        transposed view; a detector with a faster band-major path (the VAE) overrides it."""
+        return self.score(pixels.T, **options)
 
     def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for the interior of a block ``data`` (bands, rows, cols) read with ``halo`` pixels of margin.
@@ -72,9 +90,44 @@ class Detector(ABC):
                 out[k][v] = terms[k]
         return out
 
+    def scoring_path(self, fast: bool | None = None) -> Any:
+        """The scoring path ``fast`` selects, for detectors with more than one (the VAE: True folded, False exact,
+        None the faster on this CPU; an object whose ``describe()`` the raster's tags record); None where there is
+        one path."""
+        return None
+
+    def check_bands(self, count: int, source: str) -> None:
+        """Raise InputError when data with ``count`` bands cannot be scored by this model."""
+        if count != self.bands:
+            raise InputError(f"{source}: has {count} bands but the model was trained on {self.bands}")
+
+    @property
+    def has_rarity(self) -> bool:
+        """Whether score rasters get a ``rarity`` band after the outputs (looked up with ``rarity_table``, a band of
+        nodata where the model has no calibration). A bare Scorer has no calibration of its own: no band."""
+        return False
+
+    def rarity_table(self) -> rarity.RarityTable | None:
+        """Score -> rarity, for Scorers with ``has_rarity``."""
+        return None
+
+
+class Detector(Scorer):
+    """A Scorer fitted on normal pixels and saved to a model folder: ``fit`` (a classmethod of each detector),
+    ``tensors``/``save``/``from_saved``, calibration of held-out scores and thresholds by false-alarm rate."""
+
     def decision_function(self, pixels: np.ndarray) -> np.ndarray:
         """Anomaly scores (n,), higher = more anomalous (the pyod convention)."""
         return self.score(pixels)["score"]
+
+    @property
+    def has_rarity(self) -> bool:
+        """A rarity band for anomaly scores (first output ``score``)."""
+        return bool(self.outputs) and self.outputs[0] == "score"
+
+    def rarity_table(self) -> rarity.RarityTable:
+        """Score -> rarity (-log10 of the share of held-out normal pixels scoring at least as high)."""
+        return rarity.table(self.meta.get("calibration"))
 
     @abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -85,11 +138,6 @@ class Detector(ABC):
         meta = dict(self.meta, format=MODEL_FORMAT, detector=self.kind, bands=self.bands,
                     band_names=self.band_names, versions=versions())
         return write_model_folder(folder, meta, self.tensors())
-
-    def check_bands(self, count: int, source: str) -> None:
-        """Raise InputError when data with ``count`` bands cannot be scored by this model."""
-        if count != self.bands:
-            raise InputError(f"{source}: has {count} bands but the model was trained on {self.bands}")
 
     # ---- thresholds from held-out normal scores
     def calibrate(self, scores: np.ndarray) -> None:
@@ -102,10 +150,6 @@ class Detector(ABC):
             "n": int(scores.size),
             "tail": rarity.fit_tail(scores, CALIBRATION_LEVELS, values).to_json(),
         }
-
-    def rarity_table(self) -> rarity.RarityTable:
-        """Score -> rarity (-log10 of the share of held-out normal pixels scoring at least as high)."""
-        return rarity.table(self.meta.get("calibration"))
 
     def threshold(self, fpr: float) -> float:
         """The score above which a fraction ``fpr`` of held-out normal pixels would be flagged."""
@@ -260,8 +304,3 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-def finite_or_none(x: float) -> float | None:
-    """A float for JSON: None where not finite (JSON has no NaN)."""
-    return float(x) if math.isfinite(x) else None

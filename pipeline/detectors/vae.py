@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.detectors.base import Detector
+from pipeline.detectors.vae_inference import LOGVAR_RANGE
 from pipeline.errors import ConfigError, ModelError
 
 #: Named architectures. ``seed`` is the textbook model: 64 inputs, one hidden layer of 32, latent 32, BCE + KL.
@@ -33,8 +34,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {"hidden": [32], "latent": 32, "reconstruction": "bce", "beta": 1.0, "noise": "unit", "trim": 0.0},
 }
 RECONSTRUCTIONS = ("gaussian", "bce", "mse")
-#: log-variance is clamped to this range so exp() neither overflows nor vanishes on wild inputs.
-LOGVAR_RANGE = (-30.0, 20.0)
 F32_MAX = float(np.finfo(np.float32).max)
 #: The residual covariance is estimated from at most this many sample pixels, in this many concentration steps.
 NOISE_FIT_PIXELS = 50_000
@@ -397,7 +396,8 @@ class VAEDetector(Detector):
         n = pixels.shape[1] if band_major else pixels.shape[0]
         rows = np.empty((len(self.outputs), n), np.float32)  # score, reconstruction, kl
         if n:
-            score_chunks(self, pixels, band_major, chunk, rows, self.scoring_path(fast).path == "folded")
+            score_chunks(self._plan(band_major, self.scoring_path(fast).path == "folded"), pixels, band_major,
+                         chunk, rows)
             np.nan_to_num(rows, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, rows, strict=True))
 
@@ -407,10 +407,10 @@ class VAEDetector(Detector):
         from pipeline.detectors.vae_inference import choose_path
 
         if fast is not None:
-            return choose_path(self, fast)
+            return choose_path(self, fast, self._plan)
         self._plan()  # resets the cached choice when the weights changed
         if "choice" not in self._choice:
-            self._choice["choice"] = choose_path(self, None)
+            self._choice["choice"] = choose_path(self, None, self._plan)
         return self._choice["choice"]
 
     def _plan(self, band_major: bool = True, fast: bool = True) -> Any:

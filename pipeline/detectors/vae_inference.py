@@ -14,19 +14,20 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.detectors.vae import LOGVAR_RANGE
-
 if TYPE_CHECKING:
     from pipeline.detectors.vae import VAEDetector
 
+#: log-variance is clamped to this range so exp() neither overflows nor vanishes on wild inputs (the model's
+#: encoder and both fast paths).
+LOGVAR_RANGE = (-30.0, 20.0)
 #: Pixels per step: the largest intermediate (hidden x chunk float32, 512 KiB at 128 x 1024) stays in L2 cache,
 #: where the layers' matrix products run fastest (measured: 1024-2048 beat 4096 by 10-30 % on one core).
 SCORE_CHUNK = 1024
@@ -417,10 +418,11 @@ class PathChoice:
                 + (f"; CPU ns per pixel: {figures})" if figures else ")"))
 
 
-def choose_path(det: VAEDetector, fast: bool | None) -> PathChoice:
+def choose_path(det: VAEDetector, fast: bool | None, plan_of: Callable[[bool, bool], Any]) -> PathChoice:
     """The path ``fast`` asks for (True: folded, False: exact), or with None the faster one on this CPU: both
-    timed on the model's own weights (``measure_paths``), the folded one kept unless the other is faster by more
-    than ``PICK_MARGIN``. A model without a folded path (BCE term) runs the exact one whatever ``fast`` says."""
+    timed on the model's own weights (``measure_paths`` on the plans ``plan_of(band_major, folded)`` gives), the
+    folded one kept unless the other is faster by more than ``PICK_MARGIN``. A model without a folded path (BCE
+    term) runs the exact one whatever ``fast`` says."""
     kernels = torch.backends.cpu.get_cpu_capability()
     kind = det.architecture["reconstruction"]
     if kind not in ("gaussian", "mse"):
@@ -429,20 +431,21 @@ def choose_path(det: VAEDetector, fast: bool | None) -> PathChoice:
         return PathChoice("folded" if fast else "exact", "--fast" if fast else "--exact", {}, kernels)
     if det.device.type != "cpu":
         return PathChoice("folded", f"the default: not measured on {det.device.type}", {}, kernels)
-    ns = measure_paths(det)
+    ns = measure_paths(plan_of, det.offset, det.scale)
     best = min(ns, key=ns.__getitem__)
     path = best if ns[best] < (1.0 - PICK_MARGIN) * ns["folded"] else "folded"
     return PathChoice(path, "measured on this CPU at start", ns, kernels)
 
 
-def measure_paths(det: VAEDetector, pixels: int = PICK_PIXELS, rounds: int = PICK_ROUNDS) -> dict[str, float]:
-    """CPU nanoseconds per pixel of each path in ``PATHS`` on this thread: ``pixels`` synthetic pixels around the
-    model's normalisation in each layout (band rows as GDAL's blocks, pixel rows as decoded tiles), one warm-up
+def measure_paths(plan_of: Callable[[bool, bool], Any], offset: np.ndarray, scale: np.ndarray,
+                  pixels: int = PICK_PIXELS, rounds: int = PICK_ROUNDS) -> dict[str, float]:
+    """CPU nanoseconds per pixel of each path in ``PATHS`` on this thread, with the plans ``plan_of(band_major,
+    folded)`` gives: ``pixels`` synthetic pixels around the model's normalisation (``offset``, ``scale``) in each
+    layout (band rows as GDAL's blocks, pixel rows as decoded tiles), one warm-up
     round (it builds the plans), then the fastest of ``rounds`` interleaved rounds. Thread CPU time: reader threads
     running beside it do not count."""
     rng = np.random.default_rng(0)
-    B = det.offset.size
-    rows = (det.offset + det.scale * rng.standard_normal((pixels, B))).astype(np.float32)
+    rows = (offset + scale * rng.standard_normal((pixels, offset.size))).astype(np.float32)
     layouts = ((np.ascontiguousarray(rows.T), True), (rows, False))
     out = np.empty((3, pixels), np.float32)
     best = {p: float("inf") for p in PATHS}
@@ -450,18 +453,17 @@ def measure_paths(det: VAEDetector, pixels: int = PICK_PIXELS, rounds: int = PIC
         for p in PATHS:
             t0 = time.thread_time()
             for x, band_major in layouts:
-                score_chunks(det, x, band_major, pixels, out, fast=p == "folded")
+                score_chunks(plan_of(band_major, p == "folded"), x, band_major, pixels, out)
             if r:
                 best[p] = min(best[p], time.thread_time() - t0)
     return {p: v / (2 * pixels) * 1e9 for p, v in best.items()}
 
 
-def score_chunks(det: VAEDetector, pixels: np.ndarray, band_major: bool, chunk: int, out: np.ndarray,
-                 fast: bool = True) -> None:
+def score_chunks(plan: ChunkScorer | FoldedScorer, pixels: np.ndarray, band_major: bool, chunk: int,
+                 out: np.ndarray) -> None:
     """Score ``pixels`` ((bands, n) when ``band_major``, else (n, bands)) chunk by chunk into ``out`` (3, n) float32
-    (rows score, reconstruction, kl): with the folded scorer where ``fast`` and the model has one (Gaussian or MSE
-    term), else with ``ChunkScorer``."""
-    plan = det._plan(band_major, fast)
+    (rows score, reconstruction, kl) with ``plan``, a ``FoldedScorer`` or ``ChunkScorer`` built for that layout (the
+    detector chooses and caches it: ``VAEDetector._plan``)."""
     folded = isinstance(plan, FoldedScorer)
     n = pixels.shape[1] if band_major else pixels.shape[0]
     result = torch.from_numpy(out)

@@ -14,11 +14,15 @@ For the VAE's MLP (``vae.VAE``) with a Gaussian or MSE reconstruction term; ``su
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from pipeline.detectors.vae import LOGVAR_RANGE, VAE
+from pipeline.detectors.vae_inference import LOGVAR_RANGE
+
+if TYPE_CHECKING:
+    from pipeline.detectors.vae import VAE
 
 #: The reconstruction terms written out here (BCE, with its sigmoid output, trains through autograd).
 KINDS = ("gaussian", "mse")
@@ -27,7 +31,8 @@ KINDS = ("gaussian", "mse")
 def supports(module: nn.Module, kind: str) -> bool:
     """Whether ``TrainStep`` computes ``module``'s step: a ``VAE`` whose encoder and decoder are Linear + ReLU
     pairs (the decoder's last Linear without activation), with a Gaussian or MSE reconstruction term."""
-    if type(module) is not VAE or kind not in KINDS:
+    # exactly vae.VAE (named, not imported: vae imports this module), not a subclass with another forward
+    if (type(module).__module__, type(module).__qualname__) != ("pipeline.detectors.vae", "VAE") or kind not in KINDS:
         return False
     try:
         hidden = _layers(module.encoder, last_relu=True)
