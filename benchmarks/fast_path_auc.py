@@ -1,14 +1,14 @@
-"""Detection quality of the VAE's scoring paths: the default (folded) path against the reference and the previous path.
+"""Detection quality of the VAE's scoring paths: the folded path (the default) against the reference and the layered one.
 
 On the dev scenes and the demo, a default model is trained on the scene (as ``benchmarks/had.py`` does) and every
 pixel is scored three ways: the reference path (``score_tensor``: the nn.Module on float64-normalised pixels), the
-previous fast path (``fast=False``, ``ChunkScorer``) and the default folded path (``FoldedScorer``), both in the
-raster's own dtype and band-major layout, as the streaming scorer hands over GDAL's blocks, and the folded path
-once more on pixel rows (n, bands), as it hands over the tiles it decodes itself (``pipeline/tiffdecode.py``). It
-prints ROC AUC per scene and the largest difference (it must stay below 0.001).
+layered path (``scoring_path="layered"``, ``ChunkScorer``: the layers one by one) and the default folded path
+(``FoldedScorer``), both in the raster's own dtype and band-major layout, as the streaming scorer hands over GDAL's
+blocks, and the folded path once more on pixel rows (n, bands), as it hands over the tiles it decodes itself
+(``pipeline/tiffdecode.py``). It prints ROC AUC per scene and the largest difference (it must stay below 0.001).
 
 Then the mask calibration: a model trained on demo tiles of normal ground flags pixels of an unseen normal tile at
-``--fpr``'s thresholds; the share flagged by the folded path must stay within 10 % of the previous path's.
+``--fpr``'s thresholds; the share flagged by the folded path must stay within 10 % of the layered path's.
 
 ``--levers`` adds the ROC AUC of the speed levers that were measured and not kept (``inference_profile.py`` has
 their speed): bfloat16 products, int8 dynamic quantisation of the linear layers, and a low-rank-plus-isotropic
@@ -109,7 +109,7 @@ def lever_scores(det, bands_major: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def calibration(fprs: tuple[float, ...], epochs: int) -> list[tuple[float, float, float]]:
-    """(fpr, share flagged by the previous path, by the folded path) on an unseen normal demo tile."""
+    """(fpr, share flagged by the layered path, by the folded path) on an unseen normal demo tile."""
     import rasterio
 
     from pipeline.config import load_config
@@ -126,7 +126,8 @@ def calibration(fprs: tuple[float, ...], epochs: int) -> list[tuple[float, float
         with rasterio.open(demo.normal[2]) as ds:
             x = ds.read()
         pixels = np.ascontiguousarray(x[:, (x != ds.nodata).all(0)])
-    prev, new = det.score_bands(pixels, fast=False)["score"], det.score_bands(pixels, fast=True)["score"]
+    prev = det.score_bands(pixels, scoring_path="layered")["score"]
+    new = det.score_bands(pixels, scoring_path="folded")["score"]
     return [(f, float((prev > det.threshold(f)).mean()), float((new > det.threshold(f)).mean())) for f in fprs]
 
 
@@ -140,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
     torch.set_num_threads(1)
-    print("| scene | AUC reference | AUC previous path | AUC folded path (default) | folded − reference | "
-          "folded − previous | folded on pixel rows − reference | largest relative score difference, folded vs "
+    print("| scene | AUC reference | AUC layered path | AUC folded path (default) | folded − reference | "
+          "folded − layered | folded on pixel rows − reference | largest relative score difference, folded vs "
           "reference |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     worst, levers = 0.0, {}
     for name, bands_major, truth in scenes(a.had):
         det = fit(bands_major, a.epochs)
         ref = det.score_tensor(torch.from_numpy(det.normalise(bands_major.T)))["score"]
-        prev = det.score_bands(bands_major, fast=False)["score"]  # the raster's own dtype and layout
-        new = det.score_bands(bands_major, fast=True)["score"]
-        rows = det.score(np.ascontiguousarray(bands_major.T), fast=True)["score"]  # pixel rows, as decoded tiles come
+        prev = det.score_bands(bands_major, scoring_path="layered")["score"]  # the raster's own dtype and layout
+        new = det.score_bands(bands_major, scoring_path="folded")["score"]
+        # pixel rows, as decoded tiles come
+        rows = det.score(np.ascontiguousarray(bands_major.T), scoring_path="folded")["score"]
         auc = {k: roc_auc_score(truth, v) for k, v in (("ref", ref), ("prev", prev), ("new", new), ("rows", rows))}
         rel = float(np.max(np.abs(np.stack([new, rows]) - ref) / np.maximum(np.abs(ref), 1e-6)))
         worst = max(worst, abs(auc["new"] - auc["ref"]), abs(auc["new"] - auc["prev"]), abs(auc["rows"] - auc["ref"]))
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, rows in levers.items():
             per = ", ".join(f"{n} {d:+.4f}" + (f" ({lab.split('(')[1]}" if "(" in lab else "") for n, lab, d in rows)
             print(f"| {k} | {max(abs(d) for _, _, d in rows):.4f} | {per} |")
-    print("\n| --fpr | share flagged, previous path | share flagged, folded path | relative change |")
+    print("\n| --fpr | share flagged, layered path | share flagged, folded path | relative change |")
     print("| --- | --- | --- | --- |")
     ok_cal = True
     for fpr, prev, new in calibration((0.01, 0.001), a.epochs):

@@ -3,10 +3,10 @@
 Builds the default model's shape (hidden 128, latent 8, residual covariance) with random weights at each band count
 (timings do not depend on the values) and scores 65 536 random pixels, band-major as rasterio hands blocks over:
 
-1. a breakdown, in CPU nanoseconds per pixel, of the previous fast path (``ChunkScorer``) and of the folded path
+1. a breakdown, in CPU nanoseconds per pixel, of the layered path (``ChunkScorer``) and of the folded path
    (``FoldedScorer``, the default) stage by stage (each stage timed alone on one chunk's buffers), and the whole call;
 2. the levers, each alone and combined, timed interleaved in one run (so a busy machine slows all alike) and shown
-   as CPU time per pixel and speed-up over the previous path: the folded path at several chunk sizes, bfloat16
+   as CPU time per pixel and speed-up over the layered path: the folded path at several chunk sizes, bfloat16
    products where the CPU has native bfloat16 (AMX or AVX512-BF16), int8 dynamic quantisation of the linear layers
    (``torch.ao.quantization.quantize_dynamic``, on the nn.Module, against the same module in float32), and
    ``torch.compile`` of the folded chunk function (its compile seconds included).
@@ -168,7 +168,7 @@ def levers(det, x: np.ndarray, repeat: int) -> tuple[dict[str, float], dict[str,
         return run
 
     contenders: dict[str, Callable[[], None]] = {
-        f"previous path (ChunkScorer, {SCORE_CHUNK})": chunked(det._plan(True, False), SCORE_CHUNK)}
+        f"layered path (ChunkScorer, {SCORE_CHUNK})": chunked(det._plan(True, False), SCORE_CHUNK)}
     folded = FoldedScorer(det, True)
     for step in (1024, 2048, 4096):
         tag = " (the default)" if step == FOLDED_CHUNK else ""
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         x = pixels_for(det)
         print(f"\n## {bands} bands, hidden 128, latent 8, residual covariance\n")
         prev, fold = breakdown_previous(det, x), breakdown_folded(det, x)
-        print("| previous path: stage | CPU ns/pixel | folded path: stage | CPU ns/pixel |")
+        print("| layered path: stage | CPU ns/pixel | folded path: stage | CPU ns/pixel |")
         print("| --- | --- | --- | --- |")
         for (k1, v1), (k2, v2) in zip(prev.items(), [*fold.items(), ("", float("nan"))], strict=False):
             print(f"| {k1} | {v1:.0f} | {k2} | {'' if v2 != v2 else f'{v2:.0f}'} |")
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in ns.items():
             against = ref if k.startswith("nn.Module") else base
             print(f"| {k} | {v:.0f} | {1e3 / v:.2f} | {against / v:.2f}× |")
-        print("\n(speed-up: over the previous path; the nn.Module rows over the float32 nn.Module)")
+        print("\n(speed-up: over the layered path; the nn.Module rows over the float32 nn.Module)")
         for k, v in notes.items():
             print(f"- {k}: {v}")
     return 0

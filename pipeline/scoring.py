@@ -93,7 +93,7 @@ def score_raster(
     chunk: int = 65536,
     progress: Callable[[int], None] | None = None,
     readers: int = 2,
-    fast: bool | None = None,
+    scoring_path: str = "auto",
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
@@ -103,9 +103,8 @@ def score_raster(
     Reading (``readers`` threads, a dataset handle each), the detector and writing run overlapped, with bounded
     queues between them, so memory stays bounded by a few windows whatever the tile's size. The detector runs in
     the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
-    ``fast`` is handed to the detector: for the VAE, True the folded scoring path, False the previous one, None
-    (the default) the faster of the two on this CPU; the path run is recorded in the raster's tags
-    (``rsvae_scoring_path``).
+    ``scoring_path`` is handed to detectors with more than one (the VAE): ``folded``, ``layered``, or ``auto`` (the
+    default) the faster of the two on this CPU; the path run is recorded in the raster's tags (``rsvae_scoring_path``).
     """
     if mask_out is not None and fpr is None:
         raise UsageConflict("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
@@ -114,9 +113,9 @@ def score_raster(
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
     rarity = rarity_of(detector)
     names = list(detector.outputs) + (["rarity"] if rarity[0] else [])
-    several = detector.scoring_path(True) is not None  # detectors with more than one scoring path (the VAE)
-    if fast is False or (fast is not None and several):  # --exact as before; --fast where it means a path
-        options["fast"] = fast
+    several = detector.scoring_path("folded") is not None  # detectors with more than one scoring path (the VAE)
+    if several:
+        options["scoring_path"] = scoring_path
     with open_raster(tile) as ds:
         info = info_of(ds)
         try:
@@ -131,7 +130,7 @@ def score_raster(
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
             "rsvae_detector": detector.kind, "rsvae_input": file_name(tile), "rsvae_input_path": str(tile)}
     if several and samples <= 1:  # chosen (measured, when it is) before the reader threads start
-        tags["rsvae_scoring_path"] = detector.scoring_path(fast).describe()
+        tags["rsvae_scoring_path"] = detector.scoring_path(scoring_path).describe()
     valid_total = flagged = 0
     writers: list[RasterWriter] = []
     try:
@@ -191,7 +190,7 @@ def score_tiles(
     samples: int = 1,
     seed: int = 0,
     chunk: int = 65536,
-    fast: bool | None = None,
+    scoring_path: str = "auto",
     on_done: Callable[[TileOutcome], None] | None = None,
 ) -> BatchResult:
     """Score many tiles with one loaded detector: ``outdir/NAME.tif`` (and ``mask_dir/NAME.tif``) per tile.
@@ -210,7 +209,7 @@ def score_tiles(
         check_distinct(job.tile, list(job.outputs.values()))
         return score_raster(detector, job.tile, job.outputs["scores"], mask_out=job.outputs.get("mask"),
                             fpr=fpr if mask_dir is not None else None, samples=samples, seed=seed, chunk=chunk,
-                            fast=fast)
+                            scoring_path=scoring_path)
 
     return run_tiles(jobs, one, on_done)
 

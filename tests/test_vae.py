@@ -175,23 +175,26 @@ def test_fast_path_is_thread_safe(model_dir, sample_file):
         np.testing.assert_array_equal(got, expected)
 
 
-# ---- the folded scoring path (the default) and the switch back to the previous one
+# ---- the scoring paths: folded (fewer passes per pixel) and layered (the layers one by one)
 
-def test_fast_switch_picks_the_path_and_both_follow_the_reference(model_dir, sample_file):
-    """``fast=True`` (default) runs the folded scorer, ``fast=False`` the previous one; both equal the reference
-    within float32 rounding, in both layouts."""
+def test_scoring_path_picks_the_path_and_both_follow_the_reference(model_dir, sample_file):
+    """``scoring_path="folded"`` runs the folded scorer, ``"layered"`` the layers one by one; both equal the
+    reference within float32 rounding, in both layouts; a name that is no path is refused."""
     from pipeline.detectors.vae_inference import ChunkScorer, FoldedScorer
 
     det = load_detector(model_dir)
     x = load_sample(sample_file).pixels[:3000]
-    for fast, kind in ((True, FoldedScorer), (False, ChunkScorer)):
-        _assert_close_to_reference(det, x, det.score(x, fast=fast))
-        _assert_close_to_reference(det, x, det.score_bands(np.ascontiguousarray(x.T), fast=fast))
-        assert type(det._plan(True, fast)) is kind and type(det._plan(False, fast)) is kind
+    for path, kind in (("folded", FoldedScorer), ("layered", ChunkScorer)):
+        _assert_close_to_reference(det, x, det.score(x, scoring_path=path))
+        _assert_close_to_reference(det, x, det.score_bands(np.ascontiguousarray(x.T), scoring_path=path))
+        assert type(det._plan(True, path == "folded")) is kind and type(det._plan(False, path == "folded")) is kind
+        assert det.scoring_path(path).describe().startswith(f"{path} (asked for; ")
+    with pytest.raises(ValueError, match="unknown scoring path 'exact'"):
+        det.score(x, scoring_path="exact")
 
 
 def test_path_picked_per_cpu_is_measured_once_and_kept_unless_clearly_slower(model_dir, sample_file, monkeypatch):
-    """``fast=None`` (the default) times both paths once on this CPU (both layouts, thread CPU time) and keeps the
+    """``scoring_path="auto"`` (the default) times both paths once on this CPU (both layouts, thread CPU time) and keeps the
     folded one unless the other beats it by more than PICK_MARGIN; new weights measure again; BCE models have one
     path."""
     from pipeline.detectors import vae_inference
@@ -201,19 +204,19 @@ def test_path_picked_per_cpu_is_measured_once_and_kept_unless_clearly_slower(mod
     assert choice.path in vae_inference.PATHS and choice.reason.startswith("measured")
     assert set(choice.ns_per_pixel) == set(vae_inference.PATHS) and min(choice.ns_per_pixel.values()) > 0
     assert det.scoring_path() is choice  # measured once
-    assert det.scoring_path(False).path == "exact" and det.scoring_path(True).path == "folded"
+    assert det.scoring_path("layered").path == "layered" and det.scoring_path("folded").path == "folded"
     x = load_sample(sample_file).pixels[:500]
     _assert_close_to_reference(det, x, det.score(x))
 
     timings = {}
     monkeypatch.setattr(vae_inference, "measure_paths", lambda *_: dict(timings))
-    for folded, exact, picked in ((100.0, 95.0, "folded"), (100.0, 80.0, "exact"), (80.0, 100.0, "folded")):
-        timings.update(folded=folded, exact=exact)
+    for folded, layered, picked in ((100.0, 95.0, "folded"), (100.0, 80.0, "layered"), (80.0, 100.0, "folded")):
+        timings.update(folded=folded, layered=layered)
         with torch.no_grad():
             det.module.mu.bias.add_(0.0)  # new weights (a new version): measured again
         assert det.scoring_path().path == picked
         assert det.scoring_path().describe().startswith(f"{picked} (measured on this CPU at start; ")
-        if picked == "exact":  # the choice is what runs
+        if picked == "layered":  # the choice is what runs
             from pipeline.detectors.vae_inference import ChunkScorer
 
             calls: list[int] = []
@@ -246,15 +249,16 @@ def test_folded_path_on_integer_input_and_pixels_far_from_the_sample(model_dir, 
     _assert_close_to_reference(det, dn, det.score_bands(ints))
 
 
-def test_bce_models_keep_the_previous_path_when_fast(sample_file):
+def test_bce_models_keep_the_layered_path_when_folded_is_asked_for(sample_file):
     from pipeline.detectors.vae_inference import ChunkScorer
 
     s = load_sample(sample_file)
     settings = {**load_config()["train"], **FAST_TRAIN, "preset": "seed", "epochs": 1}
     det = VAEDetector.fit(s.pixels, s.band_names, s.stats, settings)
     assert type(det._plan(True, True)) is ChunkScorer
-    assert det.scoring_path().path == "exact" and det.scoring_path().reason == "the only path for a bce term"
-    _assert_close_to_reference(det, s.pixels[:500], det.score(s.pixels[:500], fast=True))
+    assert det.scoring_path().path == "layered" and det.scoring_path().reason == "the only path for a bce term"
+    assert det.scoring_path("folded").path == "layered"
+    _assert_close_to_reference(det, s.pixels[:500], det.score(s.pixels[:500], scoring_path="folded"))
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "mse", "bce"])

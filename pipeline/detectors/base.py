@@ -90,10 +90,10 @@ class Scorer(ABC):
                 out[k][v] = terms[k]
         return out
 
-    def scoring_path(self, fast: bool | None = None) -> Any:
-        """The scoring path ``fast`` selects, for detectors with more than one (the VAE: True folded, False exact,
-        None the faster on this CPU; an object whose ``describe()`` the raster's tags record); None where there is
-        one path."""
+    def scoring_path(self, path: str = "auto") -> Any:
+        """The scoring path ``path`` selects, for detectors with more than one (the VAE: ``folded``, ``layered``, or
+        ``auto``, the faster on this CPU; an object whose ``describe()`` the raster's tags record); None where there
+        is one path."""
         return None
 
     def check_bands(self, count: int, source: str) -> None:

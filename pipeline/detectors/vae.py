@@ -354,21 +354,21 @@ class VAEDetector(Detector):
 
     # ---- scoring
     def score(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
-              chunk: int = 65536, fast: bool | None = None) -> dict[str, np.ndarray]:
+              chunk: int = 65536, scoring_path: str = "auto") -> dict[str, np.ndarray]:
         """Per-pixel ``score`` = reconstruction + beta * KL, and the two terms, for ``pixels`` (n, bands).
 
         The KL term is at the posterior; the reconstruction term at the posterior mean, or averaged over
         ``samples`` posterior draws (seeded) when ``samples`` > 1 (that goes the reference path, ``score_tensor``).
-        ``fast``: True, the folded scorer where the model has one (``vae_inference.FoldedScorer``); False, the
-        previous fast path (``ChunkScorer``); None (the default), the faster of the two on this CPU
-        (``scoring_path``). Both equal the reference path within float32 rounding.
+        ``scoring_path``: ``folded``, the folded scorer where the model has one (``vae_inference.FoldedScorer``);
+        ``layered``, the layers one by one (``ChunkScorer``); ``auto`` (the default), the faster of the two on this
+        CPU (``scoring_path()``). Both equal the reference path within float32 rounding.
         """
         self.check_bands(pixels.shape[1], "input")
         if samples <= 1:
             pixels = np.asarray(pixels)
             if pixels.T.flags.c_contiguous and not pixels.flags.c_contiguous:  # a view of band-major memory
-                return self._fast(pixels.T, True, chunk, fast)
-            return self._fast(pixels, False, chunk, fast)
+                return self._fast(pixels.T, True, chunk, scoring_path)
+            return self._fast(pixels, False, chunk, scoring_path)
         out = {k: np.empty(pixels.shape[0], np.float32) for k in self.outputs}
         gen = torch.Generator(device=self.device).manual_seed(seed)
         for i in range(0, pixels.shape[0], chunk):
@@ -379,15 +379,15 @@ class VAEDetector(Detector):
         return out
 
     def score_bands(self, pixels: np.ndarray, samples: int = 1, seed: int = 0,
-                    chunk: int = 65536, fast: bool | None = None) -> dict[str, np.ndarray]:
+                    chunk: int = 65536, scoring_path: str = "auto") -> dict[str, np.ndarray]:
         """``score`` of band-major ``pixels`` (bands, n), e.g. a view of a rasterio block: no transposed copy."""
         self.check_bands(pixels.shape[0], "input")
         if samples > 1:
             return self.score(np.asarray(pixels).T, samples, seed, chunk)
-        return self._fast(pixels, True, chunk, fast)
+        return self._fast(pixels, True, chunk, scoring_path)
 
     def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int,
-              fast: bool | None = None) -> dict[str, np.ndarray]:
+              scoring_path: str = "auto") -> dict[str, np.ndarray]:
         """The fast path of ``score``/``score_bands`` (``vae_inference``): the layers on cache-sized chunks in the
         input's own layout with reused buffers, float32 normalisation on the fly, no float64 or transposed copy
         of the input. Equal to ``score_tensor`` within float32 rounding."""
@@ -396,25 +396,25 @@ class VAEDetector(Detector):
         n = pixels.shape[1] if band_major else pixels.shape[0]
         rows = np.empty((len(self.outputs), n), np.float32)  # score, reconstruction, kl
         if n:
-            score_chunks(self._plan(band_major, self.scoring_path(fast).path == "folded"), pixels, band_major,
+            score_chunks(self._plan(band_major, self.scoring_path(scoring_path).path == "folded"), pixels, band_major,
                          chunk, rows)
             np.nan_to_num(rows, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, rows, strict=True))
 
-    def scoring_path(self, fast: bool | None = None) -> Any:
-        """The scoring path (``vae_inference.PathChoice``) that ``fast`` selects: True folded, False exact, None
-        the faster on this CPU, measured once per model and weights (``vae_inference.choose_path``)."""
+    def scoring_path(self, path: str = "auto") -> Any:
+        """The scoring path (``vae_inference.PathChoice``) that ``path`` selects: ``folded``, ``layered``, or
+        ``auto``: the faster on this CPU, measured once per model and weights (``vae_inference.choose_path``)."""
         from pipeline.detectors.vae_inference import choose_path
 
-        if fast is not None:
-            return choose_path(self, fast, self._plan)
+        if path != "auto":
+            return choose_path(self, path, self._plan)
         self._plan()  # resets the cached choice when the weights changed
         if "choice" not in self._choice:
-            self._choice["choice"] = choose_path(self, None, self._plan)
+            self._choice["choice"] = choose_path(self, "auto", self._plan)
         return self._choice["choice"]
 
-    def _plan(self, band_major: bool = True, fast: bool = True) -> Any:
-        """The fast path's plan of this model for one memory layout: ``vae_inference.FoldedScorer`` where ``fast``
+    def _plan(self, band_major: bool = True, folded: bool = True) -> Any:
+        """The fast path's plan of this model for one memory layout: ``vae_inference.FoldedScorer`` where ``folded``
         and the model has one (Gaussian or MSE term), else ``ChunkScorer``; rebuilt when the weights, the residual
         covariance, the normalisation or the device change."""
         from pipeline.detectors.vae_inference import ChunkScorer, FoldedScorer
@@ -425,7 +425,7 @@ class VAEDetector(Detector):
             self._plans: dict[tuple[bool, bool], Any] = {}
             self._choice: dict[str, Any] = {}  # scoring_path's measured choice for these weights
             self._plan_key = key
-        folded = fast and self.architecture["reconstruction"] in ("gaussian", "mse")
+        folded = folded and self.architecture["reconstruction"] in ("gaussian", "mse")
         if (band_major, folded) not in self._plans:
             self._plans[band_major, folded] = (FoldedScorer if folded else ChunkScorer)(self, band_major)
         return self._plans[band_major, folded]

@@ -391,8 +391,12 @@ def _linear_layers(layers: nn.Sequential) -> list[Layer]:
     return out
 
 
-#: The scoring paths ``--fast`` and ``--exact`` name: the folded scorer, and the previous one (``ChunkScorer``).
-PATHS = ("folded", "exact")
+#: The scoring paths: ``folded`` (``FoldedScorer``: the standardisation and the residual whitening folded into the
+#: layers, fewer passes per pixel) and ``layered`` (``ChunkScorer``: the model's layers one by one, then those steps),
+#: the same scores within float32 rounding.
+PATHS = ("folded", "layered")
+#: What ``--scoring-path`` and ``score.scoring_path`` accept: a path of ``PATHS``, or ``auto``: the faster on this CPU.
+CHOICES = ("auto", *PATHS)
 #: Another path is picked over the folded one (the default, faster on every CPU measured: 1.3x with AVX2 kernels,
 #: 1.4x with AVX-512) only when it is measured faster by more than this share: noise cannot flip the choice.
 PICK_MARGIN = 0.10
@@ -403,8 +407,8 @@ PICK_PIXELS, PICK_ROUNDS = 2048, 2
 
 @dataclass(frozen=True)
 class PathChoice:
-    """The scoring path a VAE runs here, and why: ``--fast``/``--exact``, the model (BCE: only the previous path),
-    the device (not measured off the CPU), or a measurement at start on this CPU."""
+    """The scoring path a VAE runs here, and why: asked for (``--scoring-path``), the model (BCE: only the layered
+    path), the device (not measured off the CPU), or a measurement at start on this CPU."""
 
     path: str  # one of PATHS
     reason: str
@@ -418,17 +422,19 @@ class PathChoice:
                 + (f"; CPU ns per pixel: {figures})" if figures else ")"))
 
 
-def choose_path(det: VAEDetector, fast: bool | None, plan_of: Callable[[bool, bool], Any]) -> PathChoice:
-    """The path ``fast`` asks for (True: folded, False: exact), or with None the faster one on this CPU: both
-    timed on the model's own weights (``measure_paths`` on the plans ``plan_of(band_major, folded)`` gives), the
-    folded one kept unless the other is faster by more than ``PICK_MARGIN``. A model without a folded path (BCE
-    term) runs the exact one whatever ``fast`` says."""
+def choose_path(det: VAEDetector, path: str, plan_of: Callable[[bool, bool], Any]) -> PathChoice:
+    """The path asked for (``folded`` or ``layered``), or with ``auto`` the faster one on this CPU: both timed on
+    the model's own weights (``measure_paths`` on the plans ``plan_of(band_major, folded)`` gives), the folded one
+    kept unless the other is faster by more than ``PICK_MARGIN``. A model without a folded path (BCE term) runs the
+    layered one whatever ``path`` says."""
+    if path not in CHOICES:
+        raise ValueError(f"unknown scoring path {path!r} (one of {', '.join(CHOICES)})")
     kernels = torch.backends.cpu.get_cpu_capability()
     kind = det.architecture["reconstruction"]
     if kind not in ("gaussian", "mse"):
-        return PathChoice("exact", f"the only path for a {kind} term", {}, kernels)
-    if fast is not None:
-        return PathChoice("folded" if fast else "exact", "--fast" if fast else "--exact", {}, kernels)
+        return PathChoice("layered", f"the only path for a {kind} term", {}, kernels)
+    if path != "auto":
+        return PathChoice(path, "asked for", {}, kernels)
     if det.device.type != "cpu":
         return PathChoice("folded", f"the default: not measured on {det.device.type}", {}, kernels)
     ns = measure_paths(plan_of, det.offset, det.scale)
