@@ -25,6 +25,7 @@ from pipeline.cli_options import (
     library_choice,
     option,
     quiet_option,
+    renamed,
     schema_choice,
     seed_option,
     threads_option,
@@ -360,8 +361,12 @@ def _score_line(summary: Any, fpr: float | None) -> str:
 @device_option("score", "score")
 @threads_option("score")
 @chunk_option("score")
-@click.option("--fast/--exact", default=None,
-              help="VAE: the folded scoring path, or the previous one.  [default: the faster on this CPU]")
+@option("--scoring-path", type=schema_choice("score", "scoring_path"), section="score",
+        help="VAE: folded (standardisation and residual whitening folded into the layers, fewer passes per pixel), "
+             "layered (the model's layers one by one), or auto (the faster of the two on this CPU, measured at "
+             "start); the same scores within float32 rounding.")
+@click.option("--fast/--exact", "old_fast", default=None, hidden=True,
+              help="Deprecated: --scoring-path folded / layered.")
 @click.option("-v", "--verbose", is_flag=True, help="Also say which scoring path runs, and why.")
 @common
 def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
@@ -388,21 +393,28 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
     many = one_or_many(tiles, output, outdir, {"--mask-out": mask_out}, {"--mask-dir": mask_dir})
     if not many:
         check_distinct(tiles[0], [output, mask_out])
+    old_fast = opts.pop("old_fast")
+    if old_fast is not None:
+        opts["scoring_path"] = renamed("--fast" if old_fast else "--exact", "--scoring-path",
+                                       "folded" if old_fast else "layered", opts["scoring_path"])
     s, _ = settings(config_path, "score", **opts)
     _set_threads(s["threads"])
     det = load_detector(model, s["device"])
-    if verbose and det.scoring_path(True) is not None:  # a detector with more than one scoring path (the VAE)
-        path = "the reference path (posterior samples)" if s["samples"] > 1 else det.scoring_path(s["fast"]).describe()
+    if verbose and det.scoring_path("folded") is not None:  # a detector with more than one scoring path (the VAE)
+        path = ("the reference path (posterior samples)" if s["samples"] > 1
+                else det.scoring_path(s["scoring_path"]).describe())
         click.echo(f"scoring path: {path}", err=True)
     fpr = s["fpr"] if (mask_out or mask_dir) else None
     if many:
         score_tiles(det, tiles, outdir, mask_dir=mask_dir, fpr=fpr, samples=s["samples"], seed=s["seed"],
-                    chunk=s["chunk"], fast=s["fast"], on_done=tile_reporter(quiet, lambda r: _score_line(r, fpr))).check()
+                    chunk=s["chunk"], scoring_path=s["scoring_path"],
+                    on_done=tile_reporter(quiet, lambda r: _score_line(r, fpr))).check()
         return
     info = describe(tiles[0])
     with pixel_bar(info.width * info.height, quiet, "score") as bar:
         summary = score_raster(det, tiles[0], output, mask_out=mask_out, fpr=fpr, samples=s["samples"],
-                               seed=s["seed"], chunk=s["chunk"], progress=bar, fast=s["fast"])
+                               seed=s["seed"], chunk=s["chunk"], progress=bar,
+                               scoring_path=s["scoring_path"])
     say(quiet, _score_line(summary, fpr))
 
 

@@ -109,3 +109,12 @@ def threads_option(section: str) -> Callable:
 def chunk_option(section: str) -> Callable:
     """--chunk: pixels per model batch."""
     return option("--chunk", type=int, section=section, help="Pixels per model batch.")
+
+
+def renamed(old: str, new: str, value: str, new_given: Any) -> str:
+    """``value``, the one an old option ``old`` stands for under its new name ``new``, after a one-line deprecation
+    warning; a usage error (exit 2) when the new option is given too."""
+    if new_given is not None:
+        raise click.UsageError(f"{old} is the deprecated form of {new}; give only {new}")
+    click.echo(f"Warning: {old} is deprecated; use {new} {value}", err=True)
+    return value

@@ -7,6 +7,7 @@ thing on the command line and in the workflow.
 from __future__ import annotations
 
 import copy
+import warnings
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RsvaeWarning
+
+#: Old names still accepted, with a warning: (section, old key) -> (new key, {old value: new value}).
+DEPRECATED = {("score", "fast"): ("scoring_path", {True: "folded", False: "layered"})}
 
 
 @cache
@@ -65,8 +69,26 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
                 f"{source}: unknown key '{prefix}{extra[0]}' (allowed here: {', '.join(allowed)})"
             )
         raise ConfigError(f"{source}: {_key_path(err)}: {err.message}")
+    _replace_deprecated(value, source)
     _fill_defaults(schema(), value)
     return value
+
+
+def _replace_deprecated(value: dict[str, Any], source: str) -> None:
+    """Map the old keys of ``DEPRECATED`` in ``value`` to their new ones, in place, with a one-line warning; an old
+    key given beside its new one set to anything but its default is a ConfigError (which one is meant?)."""
+    for (name, old), (new, mapping) in DEPRECATED.items():
+        part = value.get(name)
+        if not isinstance(part, dict) or old not in part:
+            continue
+        given = part.pop(old)
+        if given is None:  # the old default: nothing asked
+            continue
+        default = schema()["properties"][name]["properties"][new]["default"]
+        if part.get(new, default) != default:
+            raise ConfigError(f"{source}: {name}.{old} is the deprecated name of {name}.{new}; give only {name}.{new}")
+        part[new] = mapping[given]
+        warnings.warn(f"{name}.{old} is deprecated; use {name}.{new}: {mapping[given]}", RsvaeWarning, stacklevel=2)
 
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:

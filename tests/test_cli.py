@@ -100,38 +100,67 @@ def test_python_dash_m():
     assert "rsvae" in out.stdout
 
 
-def test_score_exact_switch_gives_the_same_scores(pipeline_run, tmp_path):
-    """`--exact` (or `score: {fast: false}` in the config) runs the previous scoring path: the same scores as the
-    default folded path within float32 rounding, and the same mask."""
+def test_score_layered_path_gives_the_same_scores(pipeline_run, tmp_path):
+    """`--scoring-path layered` (or `score: {scoring_path: layered}` in the config) runs the layers one by one:
+    the same scores as the default folded path within float32 rounding, and the same mask."""
     demo, work = pipeline_run
     tile = sorted((demo / "test").glob("*.tif"))[0]
-    cfg = tmp_path / "exact.yaml"
-    cfg.write_text("score:\n  fast: false\n")
-    run("score", work / "model", tile, "-o", tmp_path / "exact.tif", "--exact", "-q")
+    cfg = tmp_path / "layered.yaml"
+    cfg.write_text("score:\n  scoring_path: layered\n")
+    run("score", work / "model", tile, "-o", tmp_path / "layered.tif", "--scoring-path", "layered", "-q")
     run("score", work / "model", tile, "-o", tmp_path / "config.tif", "--config", cfg, "--mask-out",
         tmp_path / "mask.tif", "--fpr", 0.001, "-q")
-    with rasterio.open(work / "scores" / tile.name) as a, rasterio.open(tmp_path / "exact.tif") as b, \
+    with rasterio.open(work / "scores" / tile.name) as a, rasterio.open(tmp_path / "layered.tif") as b, \
             rasterio.open(tmp_path / "config.tif") as c:
-        fast, exact, again = a.read(), b.read(), c.read()
-    np.testing.assert_allclose(exact, fast, rtol=1e-4, atol=1e-4 * float(np.abs(fast).max()))
-    np.testing.assert_array_equal(exact, again)
+        folded, layered, again = a.read(), b.read(), c.read()
+        assert b.tags()["rsvae_scoring_path"].startswith("layered (asked for;")
+        assert c.tags()["rsvae_scoring_path"].startswith("layered (asked for;")
+    np.testing.assert_allclose(layered, folded, rtol=1e-4, atol=1e-4 * float(np.abs(folded).max()))
+    np.testing.assert_array_equal(layered, again)
     with rasterio.open(work / "masks" / tile.name) as a, rasterio.open(tmp_path / "mask.tif") as b:
         assert (a.read() != b.read()).mean() < 1e-3
+    run("score", work / "model", tile, "-o", tmp_path / "x.tif", "--scoring-path", "exact", code=2)
+
+
+def test_score_old_path_names_warn_and_map(pipeline_run, tmp_path):
+    """`--fast`/`--exact` and `score.fast` in a config, the old names, still work: one warning line naming the new
+    one, the same path run (its tag); given with the new name, a usage error (exit 2)."""
+    demo, work = pipeline_run
+    tile = sorted((demo / "test").glob("*.tif"))[0]
+    for flag, path in (("--exact", "layered"), ("--fast", "folded")):
+        out = run("score", work / "model", tile, "-o", tmp_path / f"{path}.tif", flag, "-q")
+        warned = [ln for ln in out.splitlines() if ln.startswith("Warning")]
+        assert warned == [f"Warning: {flag} is deprecated; use --scoring-path {path}"]
+        with rasterio.open(tmp_path / f"{path}.tif") as ds:
+            assert ds.tags()["rsvae_scoring_path"].startswith(f"{path} (asked for;")
+        out = run("score", work / "model", tile, "-o", tmp_path / "both.tif", flag, "--scoring-path", path, code=2)
+        assert f"{flag} is the deprecated form of --scoring-path; give only --scoring-path" in out
+        assert not (tmp_path / "both.tif").exists()
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("score:\n  fast: false\n")
+    out = run("score", work / "model", tile, "-o", tmp_path / "old.tif", "--config", cfg, "-q")
+    assert [ln for ln in out.splitlines() if ln.startswith("Warning")] == [
+        "Warning: score.fast is deprecated; use score.scoring_path: layered"]
+    with rasterio.open(tmp_path / "old.tif") as ds:
+        assert ds.tags()["rsvae_scoring_path"].startswith("layered (asked for;")
+    cfg.write_text("score:\n  fast: true\n  scoring_path: layered\n")
+    out = run("score", work / "model", tile, "-o", tmp_path / "both.tif", "--config", cfg, code=2)
+    assert "score.fast is the deprecated name of score.scoring_path; give only score.scoring_path" in out
 
 
 def test_score_picks_its_path_says_which_with_verbose_and_records_it(pipeline_run, tmp_path):
-    """By default the path is measured at start (--verbose says so, with the figures), --fast and --exact force
-    one; the output's tags record the path run."""
+    """By default (auto) the path is measured at start (--verbose says so, with the figures), --scoring-path
+    folded or layered forces one; the output's tags record the path run."""
     demo, work = pipeline_run
     tile = sorted((demo / "test").glob("*.tif"))[0]
     out = run("score", work / "model", tile, "-o", tmp_path / "auto.tif", "--verbose", "-q")
     line = next(ln for ln in out.splitlines() if ln.startswith("scoring path: "))
-    assert "measured on this CPU" in line and "folded " in line and "exact " in line and "kernels" in line
-    for flag, path in (("--exact", "exact"), ("--fast", "folded")):
-        out = run("score", work / "model", tile, "-o", tmp_path / f"{path}.tif", flag, "-v", "-q")
-        assert f"scoring path: {path} ({flag};" in out
+    assert "measured on this CPU" in line and "folded " in line and "layered " in line and "kernels" in line
+    for path in ("layered", "folded"):
+        out = run("score", work / "model", tile, "-o", tmp_path / f"{path}.tif", "--scoring-path", path, "-v", "-q")
+        assert f"scoring path: {path} (asked for;" in out
         with rasterio.open(tmp_path / f"{path}.tif") as ds:
-            assert ds.tags()["rsvae_scoring_path"].startswith(f"{path} ({flag};")
+            assert ds.tags()["rsvae_scoring_path"].startswith(f"{path} (asked for;")
     with rasterio.open(tmp_path / "auto.tif") as ds:
-        assert ds.tags()["rsvae_scoring_path"].split(" (")[0] in ("folded", "exact")
+        assert ds.tags()["rsvae_scoring_path"].split(" (")[0] in ("folded", "layered")
     assert "scoring path" not in run("score", work / "model", tile, "-o", tmp_path / "quiet.tif", "-q")

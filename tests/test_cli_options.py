@@ -59,5 +59,8 @@ def test_choices_come_from_the_schema_and_the_library():
     assert types["detect", "suffix"].choices == tuple(DRIVERS)
     assert types["train", "method"].choices == ("vae", "rx", "lrx")
     assert types["score", "device"].choices == types["train", "device"].choices == ("auto", "cpu", "cuda")
+    from pipeline.detectors.vae_inference import CHOICES
+
+    assert types["score", "scoring_path"].choices == CHOICES == ("auto", "folded", "layered")
     res = CliRunner().invoke(cli, ["train", "x.nc", "-o", "m", "--method", "nope"])
     assert res.exit_code == 2 and "'nope' is not one of 'vae', 'rx', 'lrx'" in res.output

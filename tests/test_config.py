@@ -13,6 +13,25 @@ def test_defaults_fill_every_section():
     assert cfg["score"]["fpr"] == 0.001
 
 
+def test_old_score_fast_maps_to_scoring_path_with_a_warning():
+    """score.fast (true/false), the old name of score.scoring_path, is mapped (folded/layered) with a one-line
+    warning and gone from the result; null asks nothing; beside a scoring_path other than auto it is an error."""
+    from pipeline.errors import RsvaeWarning
+
+    assert validate({})["score"]["scoring_path"] == "auto" and "fast" not in validate({})["score"]
+    for fast, path in ((True, "folded"), (False, "layered")):
+        with pytest.warns(RsvaeWarning, match=f"^score.fast is deprecated; use score.scoring_path: {path}$"):
+            got = validate({"score": {"fast": fast}})["score"]
+        assert got["scoring_path"] == path and "fast" not in got
+        with pytest.warns(RsvaeWarning):  # auto, as Snakemake's own check fills it in, is no conflict
+            assert validate({"score": {"fast": fast, "scoring_path": "auto"}})["score"]["scoring_path"] == path
+    assert validate({"score": {"fast": None}})["score"] == validate({})["score"]
+    with pytest.raises(ConfigError, match=r"^my.yaml: score.fast is the deprecated name of score.scoring_path"):
+        validate({"score": {"fast": True, "scoring_path": "folded"}}, "my.yaml")
+    with pytest.raises(ConfigError, match="score.scoring_path"):
+        validate({"score": {"scoring_path": "exact"}})
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"unknown key 'train\.epoch'"):
         validate({"train": {"epoch": 3}})
