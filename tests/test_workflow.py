@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline import workflow as wf
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RsvaeWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What a run needs from the repository.
@@ -139,6 +139,11 @@ def test_write_config_is_the_validated_config_and_leaves_an_unchanged_file_alone
     assert path.stat().st_mtime_ns == before
     wf.write_config({"train": {"epochs": 4}}, path)
     assert load_config(path)["train"]["epochs"] == 4
+    # score.fast, the old name: the resolved config the jobs read carries only score.scoring_path
+    with pytest.warns(RsvaeWarning, match="score.fast is deprecated"):  # auto: as Snakemake's check fills it in
+        wf.write_config({"score": {"fast": False, "scoring_path": "auto"}}, path)
+    written = yaml.safe_load(path.read_text())["score"]
+    assert written["scoring_path"] == "layered" and "fast" not in written
 
 
 # ---- Snakemake runs in a copy of the repository ----------------------------------------------------------
