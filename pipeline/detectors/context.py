@@ -47,40 +47,14 @@ class FeatureStats:
 
 class SpectrumNoiseVAE(VAEDetector):
     """The VAE over (spectrum, context) whose reconstruction term is the residual Mahalanobis distance of the
-    spectrum alone: the whitening matrix has zero rows for the context features. A pixel is not scored for an
-    odd ring (a normal pixel beside a target would be, and targets would smear); the ring still shapes its
-    reconstruction and its KL term. ``spectrum_bands`` is set per model (``_spectrum_vae``)."""
-
-    spectrum_bands: ClassVar[int] = 0
-
-    def fit_noise(self, x: torch.Tensor, keep: float, ridge: float, seed: int) -> None:
-        """``VAEDetector.fit_noise`` on the spectrum's residuals, embedded with zeros for the context features."""
-        from pipeline.detectors.rx import whitening
-        from pipeline.detectors.vae import NOISE_CSTEPS, NOISE_FIT_PIXELS
-
-        b = self.spectrum_bands
-        if x.shape[0] > NOISE_FIT_PIXELS:
-            g = torch.Generator().manual_seed(seed)
-            x = x[torch.randperm(x.shape[0], generator=g)[:NOISE_FIT_PIXELS].to(x.device)]
-        r = []
-        with torch.inference_mode():
-            for i in range(0, x.shape[0], 65536):
-                xb = x[i:i + 65536]
-                r.append((xb - self.module.decode(self.module.encode(xb)[0]))[:, :b].double().cpu().numpy())
-        res = np.concatenate(r)
-        dist = np.square(res).sum(axis=1)
-        for _ in range(1 + NOISE_CSTEPS):
-            sel = res[dist <= np.quantile(dist, keep)]
-            mean = sel.mean(axis=0)
-            w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(b, b), ridge)
-            dist = np.square((res - mean) @ w).sum(axis=1)
-        features = x.shape[1]
-        self.set_noise((np.pad(mean, (0, features - b)), np.pad(w, ((0, features - b), (0, 0)))))
+    spectrum alone (``noise_features``: the whitening matrix has zero rows for the context features). A pixel is not
+    scored for an odd ring (a normal pixel beside a target would be, and targets would smear); the ring still shapes
+    its reconstruction and its KL term. ``noise_features`` is set per model (``_spectrum_vae``)."""
 
 
 def _spectrum_vae(bands: int) -> type[SpectrumNoiseVAE]:
     """The ``SpectrumNoiseVAE`` class for ``bands`` spectrum bands (``VAEDetector.fit`` builds ``cls(...)``)."""
-    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"spectrum_bands": bands})
+    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"noise_features": bands})
 
 
 class ContextVAEDetector(Detector):

@@ -259,30 +259,38 @@ class VAEDetector(Detector):
         """Scores of normalised pixels ``x`` on the model's device, in chunks (bounded memory)."""
         return np.concatenate([self.score_tensor(x[i:i + chunk])["score"] for i in range(0, x.shape[0], chunk)])
 
+    #: The leading features whose residuals the reconstruction term models (None: all); the context VAE's
+    #: spectrum bands, so that a pixel is not scored for an odd ring.
+    noise_features: ClassVar[int | None] = None
+
     def fit_noise(self, x: torch.Tensor, keep: float, ridge: float, seed: int) -> None:
         """Estimate the residuals' mean and covariance from normalised pixels ``x``, robustly, for scoring.
 
         Concentration steps (as in the minimum covariance determinant): start from the ``keep`` fraction of pixels
         with the smallest squared error, then refit on the ``keep`` fraction with the smallest Mahalanobis distance,
         so that anomalies in the sample do not inflate the covariance. At most NOISE_FIT_PIXELS pixels are used.
+        With ``noise_features`` set, only the leading features' residuals are modelled (the rest weigh zero).
         """
         from pipeline.detectors.rx import whitening
 
         if x.shape[0] > NOISE_FIT_PIXELS:
             g = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(x.shape[0], generator=g)[:NOISE_FIT_PIXELS].to(x.device)]
+        b = self.noise_features or x.shape[1]
         r = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], 65536):
                 xb = x[i:i + 65536]
-                r.append((xb - self.module.decode(self.module.encode(xb)[0])).double().cpu().numpy())
+                r.append((xb - self.module.decode(self.module.encode(xb)[0]))[:, :b].double().cpu().numpy())
         res = np.concatenate(r)
         dist = np.square(res).sum(axis=1)
         for _ in range(1 + NOISE_CSTEPS):
             sel = res[dist <= np.quantile(dist, keep)]
             mean = sel.mean(axis=0)
-            w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(res.shape[1], res.shape[1]), ridge)
+            w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(b, b), ridge)
             dist = np.square((res - mean) @ w).sum(axis=1)
+        if b < x.shape[1]:  # the other features' rows of the whitening are zero: their residuals do not count
+            mean, w = np.pad(mean, (0, x.shape[1] - b)), np.pad(w, ((0, x.shape[1] - b), (0, 0)))
         self.set_noise((mean, w))
 
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
