@@ -80,47 +80,36 @@ class _NoRanges(_Handler):
     """Answers every request with the whole file (200), whatever its Range header asks."""
 
 
-class _Truncating(_Handler):
+class _Ranges(_Handler):
+    """Honours Range requests (GDAL reads COGs by ranges); ``cut`` sends what of a range's body."""
+
+    def cut(self, body: bytes, start: int) -> bytes:
+        return body
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        rng = self.headers.get("Range")
+        if not rng or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        start, _, end = rng.removeprefix("bytes=").partition("-")
+        start, end = int(start), min(int(end) if end else size - 1, size - 1)
+        body = path.read_bytes()[start:end + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.write(self.cut(body, start))
+        return None
+
+
+class _Truncating(_Ranges):
     """Honours Range requests but sends only half of any range past the file's first bytes, then hangs up."""
 
-    def send_head(self):
-        path = Path(self.translate_path(self.path))
-        rng = self.headers.get("Range")
-        if not rng or not path.is_file():
-            return super().send_head()
-        size = path.stat().st_size
-        start, _, end = rng.removeprefix("bytes=").partition("-")
-        start, end = int(start), min(int(end) if end else size - 1, size - 1)
-        body = path.read_bytes()[start:end + 1]
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if start > 0 else body)
+    def cut(self, body: bytes, start: int) -> bytes:
         self.close_connection = True
-        return None
-
-
-class _Ranges(_Handler):
-    """Honours Range requests (GDAL reads COGs by ranges)."""
-
-    def send_head(self):
-        path = Path(self.translate_path(self.path))
-        rng = self.headers.get("Range")
-        if not rng or not path.is_file():
-            return super().send_head()
-        size = path.stat().st_size
-        start, _, end = rng.removeprefix("bytes=").partition("-")
-        start, end = int(start), min(int(end) if end else size - 1, size - 1)
-        body = path.read_bytes()[start:end + 1]
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.wfile.write(body)
-        return None
+        return body[: len(body) // 2] if start > 0 else body
 
 
 class _BusyFirst(_Ranges):
