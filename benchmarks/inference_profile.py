@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa import ISAS, rerun_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
+from isa import isa_list, rerun_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
 
 PIXELS = 65_536  # one 256 x 256 block
 
@@ -233,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="instruction sets to run under, comma-separated, each in a new process: native and/or avx2 "
                         "(torch, MKL, oneDNN, numpy held to AVX2: benchmarks/isa.py); default native")
     a = p.parse_args(argv)
-    isas = [i.strip() for i in a.isa.split(",") if i.strip()]
-    if not isas or set(isas) - set(ISAS):
-        p.error(f"--isa: choose from {', '.join(ISAS)}")
+    isas = isa_list(p, a.isa)
     rc = rerun_per_isa(__file__, list(argv if argv is not None else sys.argv[1:]), isas)
     if rc is not None:
         return rc

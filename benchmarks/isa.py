@@ -13,6 +13,7 @@ checksums use AVX-512), GDAL and the C libraries, which pick their kernels thems
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -89,6 +90,15 @@ def without_isa(argv: list[str]) -> list[str]:
         elif not v.startswith("--isa="):
             out.append(v)
     return out
+
+
+def isa_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The ISAs of a comma-separated ``--isa`` value, or the parser's usage error naming the unknown ones."""
+    isas = [i.strip() for i in text.split(",") if i.strip()]
+    unknown = sorted(set(isas) - set(ISAS))
+    if unknown or not isas:
+        parser.error(f"--isa: unknown {', '.join(unknown) or 'empty'} (choose from {', '.join(ISAS)})")
+    return isas
 
 
 def rerun_per_isa(script: str, argv: list[str], isas: list[str]) -> int | None:

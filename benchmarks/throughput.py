@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa import ISAS, check, isa_env  # noqa: E402 - the benchmarks' folder, after the path above
+from isa import check, isa_env, isa_list  # noqa: E402 - the benchmarks' folder, after the path above
 
 BLOCK = 256
 NODATA = -9999.0
@@ -392,10 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(STAGES[a.stage](*[int(x) if x.isdigit() else x for x in a.rest])))
         return 0
 
-    isas = [i.strip() for i in a.isa.split(",") if i.strip()]
-    unknown = sorted(set(isas) - set(ISAS))
-    if unknown or not isas:
-        p.error(f"--isa: unknown {', '.join(unknown) or 'empty'} (choose from {', '.join(ISAS)})")
+    isas = isa_list(p, a.isa)
     launcher = Launcher()  # first, while this process is small
     work = Path(tempfile.mkdtemp(prefix="rsvae-bench-"))
     try:
