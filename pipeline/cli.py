@@ -764,7 +764,8 @@ def interpolate(model: str, tile: str, start: tuple[int, int] | None, end: tuple
 @cli.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Stack to write: .vrt (references the inputs, no pixels copied) or .tif (a COG).")
+              help="Stack to write: .vrt (references the inputs, no pixels copied) or .tif (a COG; a plain tiled "
+                   "GeoTIFF beyond 128 float32 bands).")
 @click.option("--bands", callback=lambda ctx, p, v: [b for b in v.split(",") if b.strip()] if v else None,
               help="Bands by name, comma-separated, in the order wanted (e.g. B02,B03,B04,B08; a STAC item's "
                    "asset keys and common names too: red,nir08).  "

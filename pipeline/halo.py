@@ -1,6 +1,6 @@
 """Reading windows with a margin of context (a detector's ``halo``) without decoding any tile twice.
 
-``raster.BlockReader`` grows each window by the margin and reads it through GDAL: in a tiled, compressed file the
+``streaming.BlockReader`` grows each window by the margin and reads it through GDAL: in a tiled, compressed file the
 thin margin strips lie in up to 8 neighbouring tiles, each decoded whole for a few rows or columns, so a block
 costs up to 9 tile decodes (measured: reading a 1024 x 1024 x 64 tiled deflate GeoTIFF with a 4-pixel margin took
 6.5 x the CPU of reading it without). ``RowBandReader`` reads the raster one *row band* at a time instead (the rows
@@ -43,7 +43,7 @@ def row_bands(windows: Sequence[Window]) -> list[tuple[int, int, list[int]]]:
     return bands
 
 
-#: Most bytes two row bands may hold; beyond it (very wide rasters of many bands) ``raster.BlockReader`` reads.
+#: Most bytes two row bands may hold; beyond it (very wide rasters of many bands) ``streaming.BlockReader`` reads.
 ROW_BAND_BUDGET = 1 << 30
 
 
@@ -71,7 +71,7 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 
 class RowBandReader:
     """Blocks of ``windows`` grown by ``margin`` (clipped to the raster), read one full-width row band at a time in
-    a background thread; the same ``Block`` objects, in the same order, as ``raster.BlockReader`` gives."""
+    a background thread; the same ``Block`` objects, in the same order, as ``streaming.BlockReader`` gives."""
 
     def __init__(self, path: str | Path, windows: Sequence[Window], width: int, height: int, *, margin: int,
                  depth: int = 2):

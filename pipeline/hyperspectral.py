@@ -327,18 +327,23 @@ def cube_path(output: str | Path) -> Path:
     return output.with_name(output.stem + ".cube.tif")
 
 
+def band_notes(product: Hyperspectral, chosen: Sequence[SpectralBand], names: Sequence[str] | None) -> list[str]:
+    """The line telling the user which bands a default choice left out (none when bands were named or all kept)."""
+    if names or len(chosen) == len(product.bands):
+        return []
+    bad = sum(not b.good for b in product.bands)
+    vapour = sum(b.good and in_water_vapour(b.wavelength) for b in product.bands)
+    return [f"left out {len(product.bands) - len(chosen)} of {len(product.bands)} bands ({bad} marked bad "
+            f"by the product, {vapour} in water-vapour windows; --keep-all-bands keeps them)"]
+
+
 def plan(product: Hyperspectral, output: str | Path, names: Sequence[str] | None = None, keep_all: bool = False,
          quality: bool = True) -> tuple[list[Any], list[MaskRule], list[str]]:
     """The stack's sources (``products.Source``) and masks for ``product``, and notes for the user (bands dropped).
     EMIT and PRISMA bands are first written to ``cube_path(output)``."""
 
     chosen = product.choose(names, keep_all)
-    notes = []
-    if not names and len(chosen) < len(product.bands):
-        bad = sum(not b.good for b in product.bands)
-        vapour = sum(b.good and in_water_vapour(b.wavelength) for b in product.bands)
-        notes.append(f"left out {len(product.bands) - len(chosen)} of {len(product.bands)} bands ({bad} marked bad "
-                     f"by the product, {vapour} in water-vapour windows; --keep-all-bands keeps them)")
+    notes = band_notes(product, chosen, names)
     if product.image is not None:
         sources = [Source(product.image, b.index, b.name, b.wavelength) for b in chosen]
     else:

@@ -111,6 +111,9 @@ def score_raster(
     t0 = time.perf_counter()
     threshold = detector.threshold(fpr) if mask_out is not None else None
     options = {"samples": samples, "seed": seed, "chunk": chunk} if samples > 1 else {"chunk": chunk}
+    if samples > 1 and detector.halo:  # score_block takes no options: say so rather than ignore them silently
+        warnings.warn(f"{detector.kind} model scores each pixel with its neighbourhood once: --samples {samples} "
+                      "is not used", RsvaeWarning, stacklevel=2)
     rarity = rarity_of(detector)
     names = list(detector.outputs) + (["rarity"] if rarity[0] else [])
     several = detector.scoring_path("folded") is not None  # detectors with more than one scoring path (the VAE)

@@ -438,16 +438,18 @@ def stack(inputs: Sequence[str], output: str | Path, *, bands: Sequence[str] | N
     notes: list[str] = []
     hyper = hyperspectral.recognise(inputs)
     if swath:
-        if hyper is None or suffix == ".vrt":
+        if hyper is None:
             raise InputError(f"{inputs[0]}: --swath writes an EMIT product's swath as a .tif; give one EMIT .nc "
                              "and -o SCENE.tif")
+        if suffix == ".vrt":
+            raise UsageConflict(f"{output}: --swath writes an EMIT product's swath as a .tif; give -o SCENE.tif")
         if like or resolution or mask:
             raise UsageConflict(f"{inputs[0]}: --swath keeps the sensor's grid; --like, --resolution and --mask "
                              "do not apply to it")
         chosen = hyper.choose(bands, keep_all_bands)
         crs, transform, width, height = hyperspectral.write_cube(hyper, chosen, output, swath=True)
         return StackSummary(str(output), [b.name for b in chosen], Grid(crs, transform, width, height),
-                            product=f"{hyper.sensor} (swath grid)")
+                            product=f"{hyper.sensor} (swath grid)", notes=hyperspectral.band_notes(hyper, chosen, bands))
     if hyper is not None:
         sources, rules, notes = hyperspectral.plan(hyper, output, bands, keep_all_bands, quality_mask)
         sensor = hyper.sensor

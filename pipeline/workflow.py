@@ -89,7 +89,7 @@ def expand_tiles(patterns: Sequence[str], key: str) -> dict[str, str]:
     """Tile name -> path for every file the ``key`` globs match (sorted); each glob must match something.
 
     An entry that is a GDAL dataset name (a URL, /vsizip/..., a subdataset) is one tile, named by
-    ``raster.tile_name``. A glob may also match product folders (Sentinel-2 .SAFE, Landsat): they are returned
+    ``names.tile_name``. A glob may also match product folders (Sentinel-2 .SAFE, Landsat): they are returned
     as folders here, and ``plan`` turns each into a stack job.
     """
     tiles: dict[str, str] = {}

@@ -166,5 +166,7 @@ def test_cli_ingest_train_score_with_context(tmp_path):
     assert res.exit_code == 0, res.output
     with rasterio.open(tmp_path / "o.tif") as ds:
         assert ds.count == 4 and ds.tags()["rsvae_detector"] == "context-vae"
+    res = run(cli, ["score", str(tmp_path / "m"), str(tile), "-o", str(tmp_path / "o2.tif"), "-q", "--samples", "3"])
+    assert res.exit_code == 0 and "--samples 3 is not used" in res.output, res.output  # said, not ignored silently
     res = run(cli, ["ingest", str(tile), "-o", str(tmp_path / "bad.nc"), "--context", "4,7"])
     assert res.exit_code != 0 and "odd" in res.output and "Traceback" not in res.output

@@ -153,11 +153,12 @@ def test_emit_swath_grid(tmp_path):
     nc = hp.write_emit(tmp_path / "in", size=32, bands=40)
     msg = run("stack", nc, "--swath", "-o", tmp_path / "swath.tif")
     assert "EMIT L2A (swath grid) 34 bands" in msg and "on 32 x 32 pixels of 1 (no CRS)" in msg
+    assert "left out" in msg and "--keep-all-bands keeps them" in msg  # the bands a default choice dropped
     with h5py.File(nc) as f, rasterio.open(tmp_path / "swath.tif") as ds:
         wl = f["sensor_band_parameters/wavelengths"][()]
         first = int(np.flatnonzero(np.isclose(wl, float(ds.tags(1)["wavelength"]), atol=1e-3))[0])
         assert ds.crs is None and np.array_equal(ds.read(1), f["reflectance"][:, :, first])
-    out = run("stack", nc, "--swath", "-o", tmp_path / "swath.vrt", code=1)
+    out = run("stack", nc, "--swath", "-o", tmp_path / "swath.vrt", code=2)  # a usage conflict
     assert "--swath writes an EMIT product's swath as a .tif" in out
     out = run("stack", nc, "--swath", "--resolution", "60", "-o", tmp_path / "s2.tif", code=2)  # a usage conflict
     assert "--swath keeps the sensor's grid; --like, --resolution and --mask do not apply" in out
