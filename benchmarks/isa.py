@@ -101,6 +101,21 @@ def isa_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return isas
 
 
+ISA_HELP = ("instruction sets to run under, comma-separated, each in a new process: native and/or avx2 (torch, MKL, "
+            "oneDNN, numpy held to AVX2: benchmarks/isa.py); default native")
+
+
+def add_isa_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' ``--isa`` option."""
+    parser.add_argument("--isa", default="native", help=ISA_HELP)
+
+
+def rerun_for_isa_option(parser: argparse.ArgumentParser, value: str, script: str,
+                         argv: list[str] | None) -> int | None:
+    """``rerun_per_isa`` for a parsed ``--isa`` value (``argv`` None: this process's arguments)."""
+    return rerun_per_isa(script, list(argv if argv is not None else sys.argv[1:]), isa_list(parser, value))
+
+
 def rerun_per_isa(script: str, argv: list[str], isas: list[str]) -> int | None:
     """Run ``script`` again in a new process per ISA of ``isas``, in its environment, with ``argv`` and that one
     ISA, each after a heading line; None when this process is already the run to make (only native asked for, or

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa import ISAS, isa_list, rerun_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
+from isa import add_isa_option, rerun_for_isa_option  # noqa: E402 - the benchmarks' folder, after the path above
 
 
 def epochs_cpu(mode: str, x_train, x_val, settings: dict, bands: int) -> tuple[float, int]:
@@ -83,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixels", type=int, default=200_000, help="sample size (default 200000: 10 %% for validation)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per timed pass (default 3)")
     p.add_argument("--repeat", type=int, default=2, help="interleaved passes of each; the fastest counts")
-    p.add_argument("--isa", default="native", help=f"comma-separated, each in a new process: {', '.join(ISAS)}")
+    add_isa_option(p)
     a = p.parse_args(argv)
-    isas = isa_list(p, a.isa)
-    rc = rerun_per_isa(__file__, list(argv if argv is not None else sys.argv[1:]), isas)
+    rc = rerun_for_isa_option(p, a.isa, __file__, argv)
     if rc is not None:
         return rc
     import torch
