@@ -23,7 +23,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from pipeline.raster import WindowReader, open_raster, pixel_major
-from pipeline.streaming import Block, _put, _Stop, join_all, start_worker, with_margin
+from pipeline.streaming import Block, BlockReader, _put, _Stop, join_all, start_worker, with_margin
 
 
 def row_bands(windows: Sequence[Window]) -> list[tuple[int, int, list[int]]]:
@@ -60,6 +60,15 @@ def suits(windows: Sequence[Window], margin: int, width: int, bands: int, itemsi
         return False
     tallest = max(h for _, h, _ in groups)
     return 2 * tallest * width * (bands * itemsize + 1) <= budget
+
+
+def margin_reader(path: str | Path, windows: Sequence[Window], width: int, height: int, bands: int, itemsize: int,
+                  *, margin: int, threads: int = 2) -> RowBandReader | BlockReader:
+    """Blocks of ``windows`` grown by ``margin``: by row bands where they ``suits`` (each tile decoded once), else
+    each window grown and read on its own (``streaming.BlockReader``, ``threads`` readers)."""
+    if suits(windows, margin, width, bands, itemsize):
+        return RowBandReader(path, windows, width, height, margin=margin)
+    return BlockReader(path, windows, width, height, margin=margin, threads=threads)
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:

@@ -30,7 +30,6 @@ from pipeline.files import make_parent
 from pipeline.names import file_name, is_dataset_name
 from pipeline.neighbourhood import check_windows, ring_mean
 from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
-from pipeline.streaming import with_margin
 
 SAMPLE_FORMAT = "rsvae-sample/1"
 
@@ -191,24 +190,17 @@ def _read_windows(path: str | Path, ds: Any, info: Any, reader: WindowReader, co
     """A tile's windows in order: (window, data, valid, the ring means of its pixels or None without ``context``).
 
     With ``context``, windows are read with a margin of outer // 2: by full-width row bands where they suit
-    (``halo.RowBandReader``: each tile decoded once), else each window grown and read on its own."""
+    (``halo.margin_reader``: each tile decoded once), else each window grown and read on its own."""
     windows = iter_windows(ds)
     if context is None:
         for window in windows:
             yield (window, *reader.read(window), None)
         return
-    margin = context[1] // 2
-    if halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
-        with halo.RowBandReader(path, windows, info.width, info.height, margin=margin) as blocks:
-            for b in blocks:
-                mean = ring_mean(b.data, b.valid, *context)[0][(slice(None), *b.inner)]
-                yield (b.window, *b.core(), mean)
-        return
-    for window in windows:
-        grown, inner = with_margin(window, margin, info.width, info.height)
-        gdata, gvalid = reader.read(grown)
-        yield window, gdata[(slice(None), *inner)], gvalid[inner], ring_mean(gdata, gvalid, *context)[0][
-            (slice(None), *inner)]
+    with halo.margin_reader(path, windows, info.width, info.height, info.count, np.dtype(info.dtype).itemsize,
+                            margin=context[1] // 2, threads=1) as blocks:
+        for b in blocks:
+            mean = ring_mean(b.data, b.valid, *context)[0][(slice(None), *b.inner)]
+            yield (b.window, *b.core(), mean)
 
 
 def _dataset(pixels: np.ndarray, band_names: Sequence[str], wavelengths: Sequence[float] | None,

@@ -146,10 +146,10 @@ def score_raster(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
             margin = detector.halo
-            if margin and halo.suits(windows, margin, info.width, info.count, np.dtype(info.dtype).itemsize):
-                # each tile decoded once, not once per neighbouring window (pipeline/halo.py)
-                blocks = stack.enter_context(halo.RowBandReader(tile, windows, info.width, info.height,
-                                                                margin=margin))
+            if margin:  # by row bands where they suit: each tile decoded once, not once per neighbouring window
+                blocks = stack.enter_context(halo.margin_reader(tile, windows, info.width, info.height, info.count,
+                                                                np.dtype(info.dtype).itemsize, margin=margin,
+                                                                threads=readers))
             else:
                 blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
                                                          threads=readers))
