@@ -176,9 +176,9 @@ NULL_OUTPUTS = ("score", "reconstruction", "kl")
 
 def null_detector(bands: int) -> object:
     """A detector that does no maths (its outputs are copies of band 1): the I/O-only loop. A bare Scorer (no rarity
-    band, band-major blocks scored as their transposed view); its module loads torch, so the class is made here,
-    in the stage that uses it (the scorer itself imports no torch)."""
-    from pipeline.detectors.base import Scorer
+    band, band-major blocks scored as their transposed view). ``pipeline.scorer`` and the streaming scorer import
+    no torch, so this stage runs without it, as a scorer written in numpy would."""
+    from pipeline.scorer import Scorer
 
     class NullDetector(Scorer):
         kind = "null"

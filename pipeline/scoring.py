@@ -28,7 +28,7 @@ from pipeline.streaming import Block, BlockReader, BlockWriter
 from pipeline.styles import write_raster_qml
 
 if TYPE_CHECKING:  # the scorer needs no torch itself: it runs any Scorer (the contract in detectors/base.py)
-    from pipeline.detectors.base import Scorer
+    from pipeline.scorer import Scorer
 
 MASK_NODATA = 255
 

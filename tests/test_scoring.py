@@ -247,3 +247,32 @@ def test_the_scorer_contract_has_defaults_for_all_but_score():
     assert Detector.has_rarity is not Scorer.has_rarity  # detectors: a rarity band for their `score`
     assert issubclass(LatentMeans, Scorer) and not issubclass(LatentMeans, Detector)
     assert not hasattr(LatentMeans, "tensors")
+
+
+def test_a_scorer_without_torch_streams_without_loading_it(tmp_path):
+    """The scoring contract (``pipeline.scorer``) and the streaming scorer import no torch: a numpy-only Scorer
+    scores a raster in a process where torch is never loaded."""
+    import subprocess
+    import sys
+
+    src = write_tif(tmp_path / "in.tif", np.arange(2 * 20 * 30, dtype=np.float32).reshape(2, 20, 30), nodata=-1.0)
+    code = f"""
+import sys
+import numpy as np
+import rasterio
+from pipeline.scorer import Scorer
+from pipeline.scoring import score_raster
+
+class Sum(Scorer):
+    kind = "sum"
+    band_names = ["a", "b"]
+    meta = {{}}
+    def score(self, pixels, **options):
+        return {{"score": pixels.sum(axis=1, dtype=np.float32)}}
+
+score_raster(Sum(), {str(src)!r}, {str(tmp_path / "out.tif")!r})
+with rasterio.open({str(tmp_path / "out.tif")!r}) as ds:
+    print(float(ds.read(1)[1, 2]), "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(float(32 + 632)), "False"]  # bands 1 and 2 at row 1, col 2: 32 and 600 + 32
