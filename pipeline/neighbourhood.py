@@ -14,6 +14,8 @@ arrays (the context VAE's path); ``ring_mean`` gives every pixel of a block its 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 #: Bands whose integral images are built at once (bounded memory for hyperspectral blocks).
@@ -27,18 +29,20 @@ def check_windows(inner: int, outer: int, where: str) -> None:
 
 
 class Scratch:
-    """Arrays reused from one block to the next, by name (a new one when the shape or type changes): a block's
-    integral images and features are tens of MB, and fresh ones cost page faults and zeroing every time."""
+    """Arrays reused from one block to the next, by name (a new one when the shape or type changes), one set per
+    thread (a detector scoring in two threads does not share them): a block's integral images and features are
+    tens of MB, and fresh ones cost page faults and zeroing every time."""
 
     def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
+        self._local = threading.local()
 
     def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
         """An array of ``shape`` and ``dtype`` (contents undefined), the same memory as last time where it fits."""
-        a = self._arrays.get(name)
+        arrays = self._local.__dict__.setdefault("arrays", {})
+        a = arrays.get(name)
         size = int(np.prod(shape))
         if a is None or a.dtype != np.dtype(dtype) or a.size < size:
-            a = self._arrays[name] = np.empty(size, dtype)
+            a = arrays[name] = np.empty(size, dtype)
         return a[:size].reshape(shape)
 
 

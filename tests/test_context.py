@@ -59,6 +59,19 @@ def test_block_ring_sums_of_the_interior_equal_brute_force():
                 np.testing.assert_allclose(sums[i, j], want * n if n else 0.0, rtol=1e-9, atol=1e-12)
 
 
+def test_scratch_reuses_arrays_within_a_thread_not_across_threads():
+    import threading
+
+    scratch, got = Scratch(), []
+    a = scratch.get("x", (4, 3), np.float64)
+    assert np.shares_memory(a, scratch.get("x", (2, 5), np.float64))  # fits: the same memory
+    assert not np.shares_memory(a, scratch.get("x", (2, 5), np.float32))  # another type: new memory
+    t = threading.Thread(target=lambda: got.append(scratch.get("x", (4, 3), np.float32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(scratch.get("x", (4, 3), np.float32), got[0])
+
+
 def test_a_pixel_with_no_valid_ring_gets_nan():
     valid = np.zeros((9, 9), bool)
     valid[4, 4] = True
