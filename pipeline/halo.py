@@ -225,6 +225,8 @@ class RowBandReader:
         except BaseException as exc:  # handed to the consumer, which raises it
             with contextlib.suppress(_Stop):
                 _put(self._ready, (exc, None), self._stop)
+        finally:
+            self._slots = [{}, {}]  # the row bands' buffers: not held once read
 
     def __enter__(self) -> RowBandReader:
         t = threading.Thread(target=self._work, name="rsvae-rowband-reader", daemon=True)
