@@ -149,7 +149,7 @@ def score_raster(
             if margin:  # by row bands where they suit: each tile decoded once, not once per neighbouring window
                 blocks = stack.enter_context(halo.margin_reader(tile, windows, info.width, info.height, info.count,
                                                                 np.dtype(info.dtype).itemsize, margin=margin,
-                                                                threads=readers))
+                                                                threads=readers, pad=True))
             else:
                 blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
                                                          threads=readers))
@@ -284,9 +284,13 @@ def score_block(detector: Scorer, block: Block, nodata: float, options: dict[str
 
 
 def pad_to_halo(block: Block, halo: int) -> tuple[np.ndarray, np.ndarray]:
-    """A block's data and validity with exactly ``halo`` pixels of margin per side (invalid beyond the raster)."""
+    """A block's data and validity with exactly ``halo`` pixels of margin per side (invalid beyond the raster): the
+    block itself where it has them (an interior block, or one read padded: ``halo.margin_reader(pad=True)``), else
+    a padded copy in the same memory layout (pixel-interleaved blocks stay so)."""
     (r, c), (rows, cols) = block.inner, block.valid.shape
     pads = ((halo - r.start, halo - (rows - r.stop)), (halo - c.start, halo - (cols - c.stop)))
-    if not any(any(p) for p in pads):  # an interior block has its full margin already: no copy (layout kept)
+    if not any(any(p) for p in pads):
         return block.data, block.valid
+    if pixel_major(block.data):
+        return np.pad(block.data.transpose(1, 2, 0), (*pads, (0, 0))).transpose(2, 0, 1), np.pad(block.valid, pads)
     return np.pad(block.data, ((0, 0), *pads)), np.pad(block.valid, pads)

@@ -10,7 +10,7 @@ import rasterio
 from pipeline.config import load_config
 from pipeline.detectors import ContextVAEDetector, VAEDetector, load_detector
 from pipeline.errors import ConfigError, ModelError
-from pipeline.neighbourhood import ring_mean
+from pipeline.neighbourhood import Scratch, block_ring_sums, ring_mean
 from pipeline.sample import ingest, load_sample
 from pipeline.scoring import score_raster
 from pipeline.training import train
@@ -41,6 +41,35 @@ def test_ring_mean_equals_brute_force_with_masks_and_edges():
             want, n = brute_ring(data, valid, i, j, 3, 7)
             assert count[i, j] == n
             np.testing.assert_allclose(mean[:, i, j], want, rtol=1e-9, atol=1e-12)
+
+
+def test_block_ring_sums_of_the_interior_equal_brute_force():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(2, 15, 12))
+    valid = rng.random((15, 12)) > 0.3
+    data[:, ~valid] = np.nan  # invalid values must never reach anyone's sum
+    scratch = Scratch()
+    for values in (data.transpose(1, 2, 0), np.ascontiguousarray(data.transpose(1, 2, 0))):  # any layout
+        sums, count = block_ring_sums(values, valid, 3, 7, scratch)
+        assert sums.shape == (9, 6, 2) and count.shape == (9, 6)
+        for i in range(9):
+            for j in range(6):
+                want, n = brute_ring(data, valid, i + 3, j + 3, 3, 7)
+                assert count[i, j] == n
+                np.testing.assert_allclose(sums[i, j], want * n if n else 0.0, rtol=1e-9, atol=1e-12)
+
+
+def test_scratch_reuses_arrays_within_a_thread_not_across_threads():
+    import threading
+
+    scratch, got = Scratch(), []
+    a = scratch.get("x", (4, 3), np.float64)
+    assert np.shares_memory(a, scratch.get("x", (2, 5), np.float64))  # fits: the same memory
+    assert not np.shares_memory(a, scratch.get("x", (2, 5), np.float32))  # another type: new memory
+    t = threading.Thread(target=lambda: got.append(scratch.get("x", (4, 3), np.float32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(scratch.get("x", (4, 3), np.float32), got[0])
 
 
 def test_a_pixel_with_no_valid_ring_gets_nan():
@@ -126,6 +155,33 @@ def test_masked_pixels_are_nobodys_context(tiled):
         scores.append(det.score_block(np.pad(data, ((0, 0), (h, h), (h, h))), valid)["score"])
     np.testing.assert_array_equal(scores[0], scores[1])
     assert np.isnan(scores[0][30, 5])
+
+
+def test_features_project_first_then_take_the_ring_mean(tiled):
+    """The ring mean of the pixels' components (what the model computes) is the components of the ring mean of
+    their spectra, in either memory layout; masked pixels (here NaN) are nobody's context."""
+    img, _, _, _, model = tiled
+    det = load_detector(model)
+    h, bands = det.halo, img.shape[0]
+    valid = np.random.default_rng(4).random(img.shape[1:]) > 0.15
+    valid[:6, :6] = False  # a corner whose pixels have no valid ring pixel
+    data = img.copy()
+    data[:, ~valid] = np.nan
+    block, v = np.pad(data, ((0, 0), (h, h), (h, h))), np.pad(valid, h)
+    mean, count = ring_mean(block.astype(np.float64), v, *det.windows)
+    inner = (slice(h, -h), slice(h, -h))
+    want_ok = v[inner] & (count[inner] > 0)
+    assert not want_ok[:2, :2].any() and want_ok.sum() > 0.7 * want_ok.size
+    want = mean[(slice(None), *inner)][:, want_ok].T @ det.projection - det.centre
+    pixel_rows = np.ascontiguousarray(block.transpose(1, 2, 0)).transpose(2, 0, 1)
+    for layout in (block, pixel_rows):
+        feats, ok = det.features(layout, v)
+        np.testing.assert_array_equal(ok, want_ok)
+        np.testing.assert_array_equal(feats[:bands], data[:, want_ok])
+        np.testing.assert_allclose(feats[bands:].T, want, rtol=1e-4, atol=1e-3)
+    scores = [det.score_block(layout, v)["score"] for layout in (block, pixel_rows)]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+    assert np.isnan(scores[0][~want_ok]).all() and np.isfinite(scores[0][want_ok]).all()
 
 
 def test_context_model_round_trip_and_no_loose_pixels(tiled, tmp_path):

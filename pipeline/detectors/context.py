@@ -26,7 +26,7 @@ import torch
 from pipeline.detectors.base import Detector
 from pipeline.detectors.vae import VAEDetector
 from pipeline.errors import ConfigError, ModelError
-from pipeline.neighbourhood import check_windows, ring_counts, ring_mean_groups
+from pipeline.neighbourhood import Scratch, block_ring_sums, check_windows
 
 #: Sample ring means used to find the principal components (at most).
 PCA_PIXELS = 50_000
@@ -73,6 +73,7 @@ class ContextVAEDetector(Detector):
         self.centre = np.asarray(centre, np.float64)  # (components,)
         # torch's matmul, not numpy's: it keeps to the threads the CLI sets (numpy's BLAS spins its own on every core)
         self._projection_t = torch.from_numpy(np.ascontiguousarray(self.projection.T, np.float32))
+        self._scratch = Scratch()  # the features' arrays, reused from block to block
         self.meta = meta
 
     @property
@@ -131,41 +132,39 @@ class ContextVAEDetector(Detector):
 
     def features(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features (bands + components, n) of the interior pixels of a block read with ``halo`` pixels of margin,
-        and which interior pixels they are (rows - 2·halo, cols - 2·halo): valid, with a valid ring. For a
-        pixel-interleaved block (``raster.pixel_major``) the features are a view of pixel-interleaved memory too
-        (``.T`` is (n, features), C-contiguous), so no copy ever transposes a block."""
+        and which interior pixels they are (rows - 2·halo, cols - 2·halo): valid, with a valid ring. The features
+        are a view of pixel rows (``.T`` is (n, features), C-contiguous) in memory reused from block to block:
+        valid until the next call."""
         h = self.halo
-        count = ring_counts(valid, *self.windows)
-        inner = (slice(h, data.shape[1] - h), slice(h, data.shape[2] - h))
-        ok = valid[inner] & (count[inner] > 0)
         bands, rows, cols = data.shape
         k = self.projection.shape[1]
-        every = bool(ok.all())  # the usual case: slices instead of gathers
-        n = ok.size if every else int(ok.sum())
-        layout_rows = pixel_major(data)
-        feats = np.empty((n, bands + k), np.float32).T if layout_rows else np.empty((bands + k, n), np.float32)
-        core = data[(slice(None), *inner)]
-        if every:
-            feats[:bands].reshape(core.shape)[...] = core
-        else:
-            feats[:bands] = core[:, ok]
         # The mean is linear: the ring mean of the pixels' components is the components of their ring mean. So
-        # each pixel is projected first (k of its bands' worth of work) and only k channels are box-filtered.
-        # (Centred after the ring mean, on the interior only: float64 integral images do not need it first.)
-        if layout_rows:  # (rows, cols, bands) memory: project the pixels as rows, no transposed copy
+        # every pixel of the block is projected first (one GEMM; pixel-interleaved blocks as they lie, band-major
+        # ones through a transposed view) and only k channels are box-filtered. Centred after the ring mean, on
+        # the interior only: float64 integral images do not need it first.
+        comp = self._scratch.get("components", (rows * cols, k), np.float32)
+        if pixel_major(data):  # a float32 block read as pixel-interleaved memory: no copy
             pixels = np.ascontiguousarray(data.transpose(1, 2, 0), np.float32).reshape(-1, bands)
-            comp = (torch.from_numpy(pixels) @ self._projection_t.T).numpy().T.reshape(k, rows, cols)
+            torch.mm(torch.from_numpy(pixels), self._projection_t.T, out=torch.from_numpy(comp))
         else:
             flat = np.ascontiguousarray(data, np.float32).reshape(bands, -1)
-            comp = (self._projection_t @ torch.from_numpy(flat)).numpy().reshape(k, rows, cols)
-        for band, mean in ring_mean_groups(comp, valid, *self.windows, count, group=k):
-            part = mean[(slice(None), *inner)] - self.centre[band, None, None]
-            target = feats[bands + band.start:bands + band.stop]
-            if every:
-                target.reshape(part.shape)[...] = part
-            else:
-                target[...] = part[:, ok]
-        return feats, ok
+            torch.mm(torch.from_numpy(flat).T, self._projection_t.T, out=torch.from_numpy(comp))
+        sums, count = block_ring_sums(comp.reshape(rows, cols, k), valid, *self.windows, self._scratch)
+        inner = (slice(h, rows - h), slice(h, cols - h))
+        ok = valid[inner] & (count > 0)
+        every = bool(ok.all())  # the usual case: slices instead of gathers
+        n = ok.size if every else int(ok.sum())
+        feats = self._scratch.get("features", (n, bands + k), np.float32)
+        core = data[(slice(None), *inner)].transpose(1, 2, 0)  # (rows, cols, bands), a view in any layout
+        np.multiply(sums, 1.0 / np.maximum(count, 1)[..., None], out=sums)  # the ring means (count > 0 where ok)
+        np.subtract(sums, self.centre, out=sums)
+        if every:
+            feats[:, :bands].reshape(core.shape)[...] = core
+            feats[:, bands:].reshape(sums.shape)[...] = sums
+        else:
+            feats[:, :bands] = core[ok]
+            feats[:, bands:] = sums[ok]
+        return feats.T, ok
 
     def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         """Score the interior of ``data`` (bands, rows, cols), which carries ``halo`` pixels of context per side.
