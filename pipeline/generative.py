@@ -8,7 +8,9 @@ A VAE is a generative model of the spectra, not only an anomaly scorer:
 * ``interpolate``: spectra decoded along the straight line between two pixels' posterior means.
 
 Decoded spectra are the decoder's mean for each latent vector (no observation noise is added), in the input's units
-(the model's normalisation undone). Only the VAE has these; other detectors raise a ModelError.
+(the model's normalisation undone). The per-pixel VAE and the context VAE have these (the context VAE encodes a
+pixel with its surroundings, read from the tile, and decodes the spectrum part of the pair); other detectors raise
+a ModelError.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rasterio.windows import Window
 
 from pipeline.batch import BatchResult, TileJob, TileOutcome, plan_outputs, run_tiles
 from pipeline.cog_writer import check_distinct
-from pipeline.detectors.base import Detector, Scorer, file_digest
+from pipeline.detectors.base import Detector, file_digest
+from pipeline.detectors.context import ContextVAEDetector
 from pipeline.detectors.vae import F32_MAX, VAEDetector
 from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
 from pipeline.files import atomic_path
-from pipeline.raster import describe, pixel_index, read_pixel
+from pipeline.raster import WindowReader, describe, open_raster, pixel_index, read_pixel
+from pipeline.scorer import Scorer
+from pipeline.streaming import with_margin
 
 if TYPE_CHECKING:
     from pipeline.scoring import ScoreSummary
@@ -38,9 +44,14 @@ if TYPE_CHECKING:
 PLOT_MAX_LINES = 200
 
 
-def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
-    """The detector as a VAE, or a ModelError saying that ``what`` needs one (RX models have no latent space)."""
-    if not isinstance(detector, VAEDetector):
+#: The models with a latent space: the per-pixel VAE and the context VAE.
+Generative = VAEDetector | ContextVAEDetector
+
+
+def require_vae(detector: Detector, what: str = "this command") -> Generative:
+    """The detector as a VAE (per-pixel or context), or a ModelError saying that ``what`` needs one (RX models have
+    no latent space)."""
+    if not isinstance(detector, (VAEDetector, ContextVAEDetector)):
         where = detector.origin.get("path") or "model"
         raise ModelError(f"{where}: is a {detector.kind!r} model; {what} needs a VAE model "
                          f"(one trained with --method vae), which has a latent space")
@@ -50,16 +61,18 @@ def require_vae(detector: Detector, what: str = "this command") -> VAEDetector:
 # --------------------------------------------------------------------------------------------- features
 
 class LatentMeans(Scorer):
-    """An adapter that lets the streaming scorer write posterior means: outputs ``latent_1`` … ``latent_k``."""
+    """An adapter that lets the streaming scorer write posterior means: outputs ``latent_1`` … ``latent_k``. For a
+    context VAE it reads windows with the model's halo and encodes each pixel with its surroundings."""
 
     #: Not "vae": the scorer tags the output with it, and must never take the adapter for the VAE itself.
     kind = "vae-latent"
 
-    def __init__(self, vae: VAEDetector):
+    def __init__(self, vae: Generative):
         self.vae = vae
         self.band_names = vae.band_names
         self.meta = vae.meta
         self.origin = vae.origin
+        self.halo = vae.halo
         self.outputs = tuple(f"latent_{i + 1}" for i in range(int(vae.architecture["latent"])))
 
     def score(self, pixels: np.ndarray, chunk: int = 65536, **_: Any) -> dict[str, np.ndarray]:
@@ -70,6 +83,20 @@ class LatentMeans(Scorer):
             mu[:, i:i + chunk] = self.vae.encode(pixels[i:i + chunk])[0].T
         np.nan_to_num(mu, copy=False, nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
         return dict(zip(self.outputs, mu, strict=True))
+
+    def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Posterior means of the interior pixels of a block read with the context VAE's ``halo``: NaN (nodata)
+        where a pixel is invalid or has no valid pixel in its ring, as in its scores."""
+        if not isinstance(self.vae, ContextVAEDetector):
+            return super().score_block(data, valid)
+        self.vae.check_bands(data.shape[0], "input")
+        feats, ok = self.vae.features(data, valid)
+        out = {k: np.full(ok.shape, np.nan, np.float32) for k in self.outputs}
+        if ok.any():
+            mu = np.nan_to_num(self.vae.encode(feats.T)[0], nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
+            for i, k in enumerate(self.outputs):
+                out[k][ok] = mu[:, i]
+        return out
 
 
 def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: int = 65536,
@@ -128,7 +155,8 @@ class LatentPath:
 
 
 def interpolate(detector: Detector, start: np.ndarray, end: np.ndarray, steps: int) -> LatentPath:
-    """Decode ``steps`` points on the straight line between the posterior means of spectra ``start`` and ``end``.
+    """Decode ``steps`` points on the straight line between the posterior means of ``start`` and ``end``: two
+    spectra for a per-pixel VAE, two pixels' features (``pixel_inputs``: spectrum and surroundings) for a context VAE.
 
     The first and last decoded spectra are the model's reconstructions of the two pixels, decode(mu).
     """
@@ -139,7 +167,28 @@ def interpolate(detector: Detector, start: np.ndarray, end: np.ndarray, steps: i
     mu, _ = vae.encode(ends)
     t = np.linspace(0.0, 1.0, steps)
     z = (1.0 - t)[:, None] * mu[0] + t[:, None] * mu[1]
-    return LatentPath(t=t, spectra=vae.decode(z), latent=z, ends=ends.astype(np.float64))
+    return LatentPath(t=t, spectra=vae.decode(z), latent=z, ends=ends[:, :vae.bands].astype(np.float64))
+
+
+def pixel_inputs(detector: Generative, tile: str | Path, row: int, col: int) -> np.ndarray:
+    """What the model encodes for pixel (``row``, ``col``) of ``tile``: its spectrum (bands,) for a per-pixel VAE;
+    for a context VAE, its spectrum and the components of its guarded-ring mean (``features``), read with the
+    model's halo. InputError when the pixel is invalid or (context) has no valid pixel in its ring."""
+    spectrum = pixel_spectrum(tile, row, col)
+    detector.check_bands(spectrum.size, str(tile))
+    if not isinstance(detector, ContextVAEDetector):
+        return spectrum
+    h = detector.halo
+    with open_raster(tile) as ds:
+        grown, (rs, cs) = with_margin(Window(col, row, 1, 1), h, ds.width, ds.height)
+        data, valid = WindowReader(ds).read(grown)
+    # pad to the full halo beyond the raster's edge (invalid there), as the streaming scorer does
+    pads = ((h - rs.start, h - (valid.shape[0] - rs.stop)), (h - cs.start, h - (valid.shape[1] - cs.stop)))
+    feats, ok = detector.features(np.pad(np.asarray(data, np.float32), ((0, 0), *pads)), np.pad(valid, pads))
+    if not ok[0, 0]:
+        raise InputError(f"{tile}: pixel (row {row}, col {col}) has no valid pixel in its ring (the context VAE "
+                         f"needs its surroundings); pick another pixel")
+    return feats[:, 0].astype(np.float64)
 
 
 def pixel_spectrum(tile: str | Path, row: int, col: int) -> np.ndarray:
@@ -302,7 +351,7 @@ def plot_path(detector: Detector, lp: LatentPath, path: str | Path, labels: tupl
 # --------------------------------------------------------------------------------------------- the commands
 
 def generate_csv(model: str | Path, count: int, output: str | Path, *, seed: int = 0, temperature: float = 1.0,
-                 plot: str | Path | None = None, sample_path: str | Path | None = None) -> tuple[VAEDetector, str | None]:
+                 plot: str | Path | None = None, sample_path: str | Path | None = None) -> tuple[Generative, str | None]:
     """``rsvae generate``: ``count`` spectra decoded from prior draws of the VAE in folder ``model``, written to the
     CSV ``output`` (and plotted beside real training spectra to ``plot``). Returns the model and, with a plot, where
     its real spectra came from ("" when none could be read)."""
@@ -332,10 +381,8 @@ def interpolate_csv(model: str | Path, tile: str | Path, ends: Sequence[tuple[in
     det = require_vae(load_detector(model), "rsvae interpolate")
     if plot:
         plot_format(plot)  # fail before writing anything
-    spectra = [pixel_spectrum(tile, r, c) for r, c in pixels]
-    for s in spectra:
-        det.check_bands(s.size, tile)
-    lp = interpolate(det, spectra[0], spectra[1], steps)
+    inputs = [pixel_inputs(det, tile, r, c) for r, c in pixels]
+    lp = interpolate(det, inputs[0], inputs[1], steps)
     write_spectra_csv(output, spectrum_columns(det), lp.spectra,
                       {"step": range(steps), "t": [f"{t:.6g}" for t in lp.t]})
     if plot:

@@ -256,7 +256,7 @@ def score_block(detector: Scorer, block: Block, nodata: float, options: dict[str
     halo = detector.halo
     if halo:
         terms = detector.score_block(*pad_to_halo(block, halo))
-        valid = valid & np.isfinite(terms["score"])
+        valid = valid & np.isfinite(terms[detector.outputs[0]])  # NaN: a pixel it could not score
         for i, key in enumerate(detector.outputs):
             out[i][valid] = np.asarray(terms[key])[valid]
         if to_rarity is not None:

@@ -226,3 +226,40 @@ def test_cli_ingest_train_score_with_context(tmp_path):
     assert res.exit_code == 0 and "--samples 3 is not used" in res.output, res.output  # said, not ignored silently
     res = run(cli, ["ingest", str(tile), "-o", str(tmp_path / "bad.nc"), "--context", "4,7"])
     assert res.exit_code != 0 and "odd" in res.output and "Traceback" not in res.output
+
+
+def test_generative_side_of_a_context_model(tiled, tmp_path):
+    """features, generate and interpolate work on a context model: a pixel is encoded with its surroundings (read
+    with the halo), decoded spectra are the spectrum part; the features raster matches encoding pixel by pixel."""
+    from click.testing import CliRunner
+
+    from pipeline import generative as gen
+    from pipeline.cli import cli
+
+    img, where, tile, _, model = tiled
+    det = load_detector(model)
+    bands, latent = img.shape[0], int(det.architecture["latent"])
+    res = CliRunner().invoke(cli, ["features", str(model), str(tile), "-o", str(tmp_path / "f.tif"), "-q"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "f.tif") as ds:
+        feats, nodata = ds.read(), ds.nodata
+        assert ds.count == latent and ds.descriptions[0] == "latent_1"
+    assert (feats[:, 30, 5] == nodata).all()  # the nodata pixel
+    for r, c in [where, (0, 0), (47, 20), (29, 5)]:  # the target, a corner, an edge, beside the nodata pixel
+        x = gen.pixel_inputs(det, tile, r, c)
+        assert x.shape == (bands + det.projection.shape[1],)
+        np.testing.assert_allclose(feats[:, r, c], det.encode(x[None])[0][0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(gen.InputError, match="not valid"):
+        gen.pixel_inputs(det, tile, 30, 5)
+    spectra = gen.sample(det, 5, seed=1)
+    assert spectra.shape == (5, bands) and np.isfinite(spectra).all()
+    a, b = gen.pixel_inputs(det, tile, *where), gen.pixel_inputs(det, tile, 5, 40)
+    path = gen.interpolate(det, a, b, steps=4)
+    assert path.spectra.shape == (4, bands) and path.latent.shape == (4, latent)
+    np.testing.assert_allclose(path.ends, np.stack([a, b])[:, :bands])
+    np.testing.assert_allclose(path.spectra[0], det.decode(det.encode(a[None])[0])[0], rtol=1e-5)
+    for argv in (["generate", str(model), "-n", "3", "-o", str(tmp_path / "g.csv")],
+                 ["interpolate", str(model), str(tile), "--from", "16,9", "--to", "5,40", "--steps", "3",
+                  "-o", str(tmp_path / "i.csv")]):
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 0, res.output

@@ -182,6 +182,22 @@ class ContextVAEDetector(Detector):
                 out[k][ok] = terms[k]
         return out
 
+    # ---- generative side (``pipeline.generative``): the inner VAE's latent space; spectra are its spectrum part
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The inner VAE's architecture: its latent size is this model's."""
+        return self.vae.architecture
+
+    def encode(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and log-variance (n, latent) of features (n, bands + components), as ``features`` makes
+        them for pixels read with their neighbourhood."""
+        return self.vae.encode(np.asarray(feats))
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Spectra (n, bands) in input units decoded from latent vectors (n, latent): the spectrum part of the
+        (spectrum, surroundings) pair the inner VAE decodes."""
+        return self.vae.decode(z)[:, :self.bands]
+
     # ---- persistence
     def tensors(self) -> dict[str, torch.Tensor]:
         t = {f"vae.{k}": v for k, v in self.vae.tensors().items()}
