@@ -197,7 +197,9 @@ def quiet_and_busy(size: int = 40, bands: int = 6, seed: int = 0) -> tuple[np.nd
     return img.astype(np.float32), where
 
 
-def test_noise_scale_judges_a_residual_against_its_surroundings():
+def fit_quiet_and_busy(noise: str) -> tuple[ContextVAEDetector, np.ndarray, np.ndarray, tuple[int, int]]:
+    """A context model of ``quiet_and_busy`` with ``train.context_noise`` = ``noise``; the padded block, its
+    validity and the target's place."""
     from pipeline.detectors.context import FeatureStats
 
     img, where = quiet_and_busy()
@@ -205,12 +207,18 @@ def test_noise_scale_judges_a_residual_against_its_surroundings():
     valid = np.ones((rows, cols), bool)
     ctx, _ = ring_mean(img, valid, 3, 7)
     px = img.reshape(bands, -1).T
-    settings = dict(load_config()["train"], **FAST_TRAIN, context="ring", context_components=4)
+    settings = dict(load_config()["train"], **FAST_TRAIN, context="ring", context_components=4, context_noise=noise)
     det = ContextVAEDetector.fit(px, [f"b{i}" for i in range(bands)], FeatureStats(px.mean(0), px.std(0)), settings,
                                  context=ctx.reshape(bands, -1).T, windows=(3, 7))
+    h = det.halo
+    return det, np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(valid, h), where
+
+
+def test_noise_scale_judges_a_residual_against_its_surroundings():
+    det, block, ok, where = fit_quiet_and_busy("ring")
     assert det.meta["context"]["noise_scale"] and det.vae.noise_scale is not None
     h = det.halo
-    block, ok = np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(valid, h)
+    bands, rows, cols = block.shape[0], block.shape[1] - 2 * h, block.shape[2] - 2 * h
     scores = det.score_block(block, ok)
     # the busy half's rings predict a larger spread: there, residuals count for less
     feats, _ = det.features(block, ok)
@@ -226,6 +234,13 @@ def test_noise_scale_judges_a_residual_against_its_surroundings():
     for k in det.outputs:
         np.testing.assert_allclose(scores[k].ravel(), ref[k], rtol=1e-4, atol=1e-3)
     assert (scores["reconstruction"] >= 0).all()
+
+
+def test_fixed_context_noise_is_one_covariance_for_all():
+    det, block, ok, where = fit_quiet_and_busy("fixed")
+    assert not det.meta["context"]["noise_scale"] and det.vae.noise_scale is None
+    scores = det.score_block(block, ok)["score"]
+    assert scores[where] < scores[:, scores.shape[1] // 2 + det.halo:].max()  # the busy half outranks the target
 
 
 def test_context_model_saved_without_noise_scale_scores_as_before(tiled, tmp_path):

@@ -61,6 +61,7 @@ class SpectrumNoiseVAE(VAEDetector):
     """
 
     noise_scale: np.ndarray | None = None
+    ring_scale: ClassVar[bool] = True  # fit it (``train.context_noise: ring``)
 
     def set_noise(self, noise: tuple[np.ndarray, np.ndarray] | None) -> None:
         """As ``VAEDetector.set_noise``; the ring-dependent scale goes with the covariance it was fitted with."""
@@ -81,6 +82,9 @@ class SpectrumNoiseVAE(VAEDetector):
         pixel's residual (``fit_log_scale`` of its Mahalanobis distance on its context features), then the
         covariance again from the residuals divided by their scale, so that it is the covariance of pixels
         everywhere, not only of the quiet surroundings most of the sample lies in."""
+        if not self.ring_scale:  # train.context_noise: fixed
+            super().fit_noise(x, keep, ridge, seed)
+            return
         x, res = self.noise_residuals(x, seed)
         b = res.shape[1]
         mean, w = robust_noise(res, keep, ridge)
@@ -146,9 +150,10 @@ def fit_log_scale(features: np.ndarray, log_dist: np.ndarray, keep: float) -> np
     return coef
 
 
-def _spectrum_vae(bands: int) -> type[SpectrumNoiseVAE]:
-    """The ``SpectrumNoiseVAE`` class for ``bands`` spectrum bands (``VAEDetector.fit`` builds ``cls(...)``)."""
-    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"noise_features": bands})
+def _spectrum_vae(bands: int, ring_scale: bool = True) -> type[SpectrumNoiseVAE]:
+    """The ``SpectrumNoiseVAE`` class for ``bands`` spectrum bands (``VAEDetector.fit`` builds ``cls(...)``), fitting
+    the ring-dependent noise scale or not (``train.context_noise``)."""
+    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"noise_features": bands, "ring_scale": ring_scale})
 
 
 class ContextVAEDetector(Detector):
@@ -212,7 +217,8 @@ class ContextVAEDetector(Detector):
         if dict(settings).get("preset") or settings["reconstruction"] != "gaussian" or settings["noise"] != "residual":
             raise ConfigError("train.context: ring works with the default Gaussian reconstruction term and "
                               "noise: residual (no preset)")
-        vae = _spectrum_vae(bands).fit(feats.astype(np.float32), names, fstats, settings, progress)
+        vae = _spectrum_vae(bands, settings.get("context_noise", "ring") == "ring").fit(
+            feats.astype(np.float32), names, fstats, settings, progress)
         meta = dict(vae.meta, context={"windows": list(windows), "components": k, "n_fit": int(keep.sum()),
                                        "dropped_no_ring": int((~keep).sum()),
                                        "noise_scale": vae.noise_scale is not None})
