@@ -90,7 +90,9 @@ class SpectrumNoiseVAE(VAEDetector):
         mean, w = robust_noise(res, keep, ridge)
         ctx = x[:, b:].double().cpu().numpy()
         dist = np.square((res - mean) @ w).sum(axis=1)
-        coef = fit_log_scale(ctx, np.log(np.maximum(dist, 1e-300) / w.shape[1]), keep)
+        # floored at a thousandth of the median: a pixel explained exactly (clipped, copied) must not pull the fit
+        dist = np.maximum(dist, 1e-3 * max(float(np.median(dist)), 1e-300))
+        coef = fit_log_scale(ctx, np.log(dist / w.shape[1]), keep)
         logg = ctx @ coef[:-1] + coef[-1]
         mean, w = robust_noise(res * np.exp(-0.5 * logg)[:, None], keep, ridge)
         pad = x.shape[1] - b  # the context features' rows of the whitening are zero: their residuals do not count
@@ -109,17 +111,20 @@ class SpectrumNoiseVAE(VAEDetector):
 
     def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int,
               scoring_path: str = "auto") -> dict[str, np.ndarray]:
+        """``VAEDetector._fast``'s terms, rescaled by each pixel's ring-dependent scale (its context features)."""
         terms = super()._fast(pixels, band_major, chunk, scoring_path)
         if self.noise_scale is None or not terms["score"].size:
             return terms
         b = int(self.noise_features)
         a, c = self._scale_fold
-        ctx = torch.from_numpy(np.asarray(pixels[b:] if band_major else pixels[:, b:], np.float32))
+        ctx = np.asarray(pixels[b:] if band_major else pixels[:, b:], np.float32)
+        ctx = torch.from_numpy(ctx if ctx.flags.writeable else ctx.copy())  # torch warns on read-only memory
         logg = (a @ ctx if band_major else ctx @ a).numpy() + c
         return self._rescale(terms, logg)
 
     def score_tensor(self, x: torch.Tensor, samples: int = 1,
                      gen: torch.Generator | None = None) -> dict[str, np.ndarray]:
+        """``VAEDetector.score_tensor`` (the reference path), rescaled as ``_fast``."""
         terms = super().score_tensor(x, samples, gen)
         if self.noise_scale is None:
             return terms
@@ -127,6 +132,7 @@ class SpectrumNoiseVAE(VAEDetector):
         return self._rescale(terms, ctx @ self.noise_scale[:-3] + self.noise_scale[-3])
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """``VAEDetector.tensors`` and the noise scale (``noise.scale``) where there is one."""
         t = super().tensors()
         if self.noise_scale is not None:
             t["noise.scale"] = torch.from_numpy(self.noise_scale)
