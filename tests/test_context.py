@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from pipeline.config import load_config
 from pipeline.detectors import ContextVAEDetector, VAEDetector, load_detector
@@ -263,3 +264,94 @@ def test_generative_side_of_a_context_model(tiled, tmp_path):
                   "-o", str(tmp_path / "i.csv")]):
         res = CliRunner().invoke(cli, argv)
         assert res.exit_code == 0, res.output
+
+
+def test_fit_log_scale_recovers_a_log_linear_scale_despite_outliers():
+    from pipeline.detectors.context import fit_log_scale
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(4000, 2))
+    y = 0.5 * f[:, 0] - 0.3 * f[:, 1] + 1.0 + rng.normal(0, 0.1, 4000)
+    y[:80] += 6.0  # anomalies: far above what their surroundings predict
+    np.testing.assert_allclose(fit_log_scale(f, y, 0.95), [0.5, -0.3, 1.0], atol=0.05)
+
+
+def quiet_and_busy(size: int = 40, bands: int = 6, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Two materials, one with little pixel-to-pixel spread (left, 2 per band) and one with much (right, 20), and a
+    target in the quiet half that departs from it by 30 per band: far for the quiet half, usual for the busy one."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(200, 800, bands), rng.uniform(200, 800, bands)
+    img = np.empty((bands, size, size))
+    half = size // 2
+    img[:, :, :half] = a[:, None, None] + rng.normal(0, 2, (bands, size, half))
+    img[:, :, half:] = b[:, None, None] + rng.normal(0, 20, (bands, size, size - half))
+    where = (size // 2, size // 4)
+    img[:, where[0], where[1]] = a + 30 * rng.choice([-1, 1], bands)
+    return img.astype(np.float32), where
+
+
+def fit_quiet_and_busy(noise: str) -> tuple[ContextVAEDetector, np.ndarray, np.ndarray, tuple[int, int]]:
+    """A context model of ``quiet_and_busy`` with ``train.context_noise`` = ``noise``; the padded block, its
+    validity and the target's place."""
+    from pipeline.detectors.context import FeatureStats
+
+    img, where = quiet_and_busy()
+    bands, rows, cols = img.shape
+    valid = np.ones((rows, cols), bool)
+    ctx, _ = ring_mean(img, valid, 3, 7)
+    px = img.reshape(bands, -1).T
+    settings = dict(load_config()["train"], **FAST_TRAIN, context="ring", context_components=4, context_noise=noise)
+    det = ContextVAEDetector.fit(px, [f"b{i}" for i in range(bands)], FeatureStats(px.mean(0), px.std(0)), settings,
+                                 context=ctx.reshape(bands, -1).T, windows=(3, 7))
+    h = det.halo
+    return det, np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(valid, h), where
+
+
+def test_noise_scale_judges_a_residual_against_its_surroundings():
+    det, block, ok, where = fit_quiet_and_busy("ring")
+    assert det.meta["context"]["noise_scale"] and det.vae.noise_scale is not None
+    h = det.halo
+    bands, rows, cols = block.shape[0], block.shape[1] - 2 * h, block.shape[2] - 2 * h
+    scores = det.score_block(block, ok)
+    # the busy half's rings predict a larger spread: there, residuals count for less
+    feats, _ = det.features(block, ok)
+    x = torch.from_numpy(det.vae.normalise(feats.T))
+    logg = x[:, bands:].double().numpy() @ det.vae.noise_scale[:-3]
+    logg = logg.reshape(rows, cols)
+    assert np.median(logg[:, cols // 2 + h:]) > np.median(logg[:, :cols // 2 - h]) + 1.0
+    # so the quiet half's target outranks every busy pixel (away from the boundary, whose rings hold both halves);
+    # the fast path and the reference path agree
+    busy = scores["score"][:, cols // 2 + h:]
+    assert scores["score"][where] > busy.max()
+    ref = det.vae.score_tensor(x)
+    for k in det.outputs:
+        np.testing.assert_allclose(scores[k].ravel(), ref[k], rtol=1e-4, atol=1e-3)
+    assert (scores["reconstruction"] >= 0).all()
+
+
+def test_fixed_context_noise_is_one_covariance_for_all():
+    det, block, ok, where = fit_quiet_and_busy("fixed")
+    assert not det.meta["context"]["noise_scale"] and det.vae.noise_scale is None
+    scores = det.score_block(block, ok)["score"]
+    assert scores[where] < scores[:, scores.shape[1] // 2 + det.halo:].max()  # the busy half outranks the target
+
+
+def test_context_model_saved_without_noise_scale_scores_as_before(tiled, tmp_path):
+    import json
+
+    img, _, _, _, model = tiled
+    det = load_detector(model)
+    det.vae.set_noise_scale(None)  # what a model saved before the scale holds: the covariance alone
+    det.meta["context"].pop("noise_scale")
+    old = load_detector(det.save(tmp_path / "old"))
+    assert old.vae.noise_scale is None
+    h = det.halo
+    block, valid = np.pad(img, ((0, 0), (h, h), (h, h))), np.pad((img != NODATA).all(axis=0), h)
+    got, want = old.score_block(block, valid), det.score_block(block, valid)
+    for k in det.outputs:
+        np.testing.assert_array_equal(got[k], want[k])
+    meta = json.loads((tmp_path / "old" / "model.json").read_text())
+    meta["context"]["noise_scale"] = True  # says it has one, but the weights do not
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="noise scale"):
+        load_detector(tmp_path / "old")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.detectors.base import Detector
-from pipeline.detectors.vae import VAEDetector
+from pipeline.detectors.vae import F32_MAX, NOISE_CSTEPS, VAEDetector, robust_noise
 from pipeline.errors import ConfigError, ModelError
 from pipeline.neighbourhood import Scratch, block_ring_sums, check_windows
 
@@ -49,12 +49,117 @@ class SpectrumNoiseVAE(VAEDetector):
     """The VAE over (spectrum, context) whose reconstruction term is the residual Mahalanobis distance of the
     spectrum alone (``noise_features``: the whitening matrix has zero rows for the context features). A pixel is not
     scored for an odd ring (a normal pixel beside a target would be, and targets would smear); the ring still shapes
-    its reconstruction and its KL term. ``noise_features`` is set per model (``_spectrum_vae``)."""
+    its reconstruction and its KL term. ``noise_features`` is set per model (``_spectrum_vae``).
+
+    The residual's covariance is scaled per pixel by ``g``, a function of the ring alone: log g is linear in the
+    ring's components (``noise_scale``: coefficients, intercept, and the range of log g over the sample, outside of
+    which it is not extrapolated). Pixels are noisier and more textured in some surroundings than in others (a
+    bright roof varies more from pixel to pixel than dark tarmac), so a residual is judged against the spread that
+    is usual where the pixel lies; the ring, not the pixel, sets that spread, so a target cannot explain itself.
+    The reconstruction term is the Gaussian negative log-likelihood under covariance g·Σ, up to a constant:
+    0.5·d²/g + 0.5·rank(Σ)·(log g - its sample minimum), so it stays >= 0. Models saved without it score as before.
+    """
+
+    noise_scale: np.ndarray | None = None
+    ring_scale: ClassVar[bool] = True  # fit it (``train.context_noise: ring``)
+
+    def set_noise(self, noise: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """As ``VAEDetector.set_noise``; the ring-dependent scale goes with the covariance it was fitted with."""
+        super().set_noise(noise)
+        self.set_noise_scale(None)
+
+    def set_noise_scale(self, scale: np.ndarray | None) -> None:
+        """Use ``scale`` (coefficients over the context features, intercept, lowest and highest log g) or none."""
+        self.noise_scale = None if scale is None else np.asarray(scale, np.float64)
+        if self.noise_scale is not None:  # folded onto the context features in input units: one dot per pixel
+            b, coef = int(self.noise_features), self.noise_scale[:-3]
+            a = coef / self.scale[b:]
+            self._scale_fold = (torch.from_numpy(a.astype(np.float32)),
+                                float(self.noise_scale[-3] - a @ self.offset[b:]))
+
+    def fit_noise(self, x: torch.Tensor, keep: float, ridge: float, seed: int) -> None:
+        """The residual covariance (``VAEDetector.fit_noise``'s robust fit), the ring-dependent scale of each
+        pixel's residual (``fit_log_scale`` of its Mahalanobis distance on its context features), then the
+        covariance again from the residuals divided by their scale, so that it is the covariance of pixels
+        everywhere, not only of the quiet surroundings most of the sample lies in."""
+        if not self.ring_scale:  # train.context_noise: fixed
+            super().fit_noise(x, keep, ridge, seed)
+            return
+        x, res = self.noise_residuals(x, seed)
+        b = res.shape[1]
+        mean, w = robust_noise(res, keep, ridge)
+        ctx = x[:, b:].double().cpu().numpy()
+        dist = np.square((res - mean) @ w).sum(axis=1)
+        # floored at a thousandth of the median: a pixel explained exactly (clipped, copied) must not pull the fit
+        dist = np.maximum(dist, 1e-3 * max(float(np.median(dist)), 1e-300))
+        coef = fit_log_scale(ctx, np.log(dist / w.shape[1]), keep)
+        logg = ctx @ coef[:-1] + coef[-1]
+        mean, w = robust_noise(res * np.exp(-0.5 * logg)[:, None], keep, ridge)
+        pad = x.shape[1] - b  # the context features' rows of the whitening are zero: their residuals do not count
+        VAEDetector.set_noise(self, (np.pad(mean, (0, pad)), np.pad(w, ((0, pad), (0, 0)))))
+        self.set_noise_scale(np.concatenate([coef, [logg.min(), logg.max()]]))
+
+    def _rescale(self, terms: dict[str, np.ndarray], logg: np.ndarray) -> dict[str, np.ndarray]:
+        """The reconstruction term and score under the covariance g·Σ, from those under Σ and log g."""
+        lo, hi = self.noise_scale[-2:]
+        logg = np.clip(logg.astype(np.float64), lo, hi)
+        rank = self.noise_arrays[1].shape[1]
+        rec = terms["reconstruction"] * np.exp(-logg) + 0.5 * rank * (logg - lo)
+        rec = np.minimum(rec, F32_MAX).astype(np.float32)
+        return {"score": np.minimum(rec + self.beta * terms["kl"].astype(np.float64), F32_MAX).astype(np.float32),
+                "reconstruction": rec, "kl": terms["kl"]}
+
+    def _fast(self, pixels: np.ndarray, band_major: bool, chunk: int,
+              scoring_path: str = "auto") -> dict[str, np.ndarray]:
+        """``VAEDetector._fast``'s terms, rescaled by each pixel's ring-dependent scale (its context features)."""
+        terms = super()._fast(pixels, band_major, chunk, scoring_path)
+        if self.noise_scale is None or not terms["score"].size:
+            return terms
+        b = int(self.noise_features)
+        a, c = self._scale_fold
+        ctx = np.asarray(pixels[b:] if band_major else pixels[:, b:], np.float32)
+        ctx = torch.from_numpy(ctx if ctx.flags.writeable else ctx.copy())  # torch warns on read-only memory
+        logg = (a @ ctx if band_major else ctx @ a).numpy() + c
+        return self._rescale(terms, logg)
+
+    def score_tensor(self, x: torch.Tensor, samples: int = 1,
+                     gen: torch.Generator | None = None) -> dict[str, np.ndarray]:
+        """``VAEDetector.score_tensor`` (the reference path), rescaled as ``_fast``."""
+        terms = super().score_tensor(x, samples, gen)
+        if self.noise_scale is None:
+            return terms
+        ctx = x[:, int(self.noise_features):].double().cpu().numpy()
+        return self._rescale(terms, ctx @ self.noise_scale[:-3] + self.noise_scale[-3])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``VAEDetector.tensors`` and the noise scale (``noise.scale``) where there is one."""
+        t = super().tensors()
+        if self.noise_scale is not None:
+            t["noise.scale"] = torch.from_numpy(self.noise_scale)
+        return t
 
 
-def _spectrum_vae(bands: int) -> type[SpectrumNoiseVAE]:
-    """The ``SpectrumNoiseVAE`` class for ``bands`` spectrum bands (``VAEDetector.fit`` builds ``cls(...)``)."""
-    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"noise_features": bands})
+def fit_log_scale(features: np.ndarray, log_dist: np.ndarray, keep: float) -> np.ndarray:
+    """Least-squares coefficients and intercept (features + 1,) of ``log_dist`` on ``features`` (n, features), with
+    a light ridge, refitted on the ``keep`` fraction of pixels it fits best from above (anomalies in the sample have
+    distances far above their surroundings' and would raise the scale there)."""
+    n, k = features.shape
+    a = np.concatenate([features, np.ones((n, 1))], axis=1)
+    centred = features - features.mean(axis=0)
+    reg = 1e-3 * max(float(np.square(centred).sum()) / max(k, 1), 1e-12) * np.eye(k + 1)
+    reg[k, k] = 0.0
+    sel = np.ones(n, bool)
+    for _ in range(1 + NOISE_CSTEPS):
+        coef = np.linalg.solve(a[sel].T @ a[sel] + reg * sel.mean(), a[sel].T @ log_dist[sel])
+        err = log_dist - a @ coef
+        sel = err <= np.quantile(err, keep)
+    return coef
+
+
+def _spectrum_vae(bands: int, ring_scale: bool = True) -> type[SpectrumNoiseVAE]:
+    """The ``SpectrumNoiseVAE`` class for ``bands`` spectrum bands (``VAEDetector.fit`` builds ``cls(...)``), fitting
+    the ring-dependent noise scale or not (``train.context_noise``)."""
+    return type("SpectrumNoiseVAE", (SpectrumNoiseVAE,), {"noise_features": bands, "ring_scale": ring_scale})
 
 
 class ContextVAEDetector(Detector):
@@ -119,9 +224,11 @@ class ContextVAEDetector(Detector):
         if dict(settings).get("preset") or settings["reconstruction"] != "gaussian" or settings["noise"] != "residual":
             raise ConfigError("train.context: ring works with the default Gaussian reconstruction term and "
                               "noise: residual (no preset)")
-        vae = _spectrum_vae(bands).fit(feats.astype(np.float32), names, fstats, settings, progress)
+        vae = _spectrum_vae(bands, settings.get("context_noise", "ring") == "ring").fit(
+            feats.astype(np.float32), names, fstats, settings, progress)
         meta = dict(vae.meta, context={"windows": list(windows), "components": k, "n_fit": int(keep.sum()),
-                                       "dropped_no_ring": int((~keep).sum())})
+                                       "dropped_no_ring": int((~keep).sum()),
+                                       "noise_scale": vae.noise_scale is not None})
         return cls(vae, band_names, windows, projection, centre, meta)
 
     # ---- scoring
@@ -223,6 +330,12 @@ class ContextVAEDetector(Detector):
                              "components")
         inner_meta = dict(meta, bands=bands + k,
                           band_names=list(meta["band_names"]) + [f"context_{i + 1}" for i in range(k)])
-        vae = VAEDetector.from_saved(inner_meta, {k_[len("vae."):]: v for k_, v in tensors.items()
-                                                  if k_.startswith("vae.")}, where, device)
+        inner = {k_[len("vae."):]: v for k_, v in tensors.items() if k_.startswith("vae.")}
+        vae = _spectrum_vae(bands).from_saved(inner_meta, inner, where, device)
+        if meta["context"].get("noise_scale"):  # models saved before it have none: scored as they were
+            scale = inner.get("noise.scale")
+            if scale is None or tuple(scale.shape) != (k + 3,) or vae.noise_arrays is None:
+                raise ModelError(f"{where}: the ring-dependent noise scale is missing or does not match {k} "
+                                 "components")
+            vae.set_noise_scale(scale.double().numpy())
         return cls(vae, meta["band_names"], windows, projection, centre, meta)

@@ -271,8 +271,16 @@ class VAEDetector(Detector):
         so that anomalies in the sample do not inflate the covariance. At most NOISE_FIT_PIXELS pixels are used.
         With ``noise_features`` set, only the leading features' residuals are modelled (the rest weigh zero).
         """
-        from pipeline.detectors.rx import whitening
+        x, res = self.noise_residuals(x, seed)
+        b = res.shape[1]
+        mean, w = robust_noise(res, keep, ridge)
+        if b < x.shape[1]:  # the other features' rows of the whitening are zero: their residuals do not count
+            mean, w = np.pad(mean, (0, x.shape[1] - b)), np.pad(w, ((0, x.shape[1] - b), (0, 0)))
+        self.set_noise((mean, w))
 
+    def noise_residuals(self, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The pixels of normalised ``x`` the residual covariance is fitted on (at most NOISE_FIT_PIXELS, drawn with
+        ``seed``) and their residuals x - decoder(mu) (n, ``noise_features``) float64."""
         if x.shape[0] > NOISE_FIT_PIXELS:
             g = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(x.shape[0], generator=g)[:NOISE_FIT_PIXELS].to(x.device)]
@@ -282,16 +290,7 @@ class VAEDetector(Detector):
             for i in range(0, x.shape[0], 65536):
                 xb = x[i:i + 65536]
                 r.append((xb - self.module.decode(self.module.encode(xb)[0]))[:, :b].double().cpu().numpy())
-        res = np.concatenate(r)
-        dist = np.square(res).sum(axis=1)
-        for _ in range(1 + NOISE_CSTEPS):
-            sel = res[dist <= np.quantile(dist, keep)]
-            mean = sel.mean(axis=0)
-            w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(b, b), ridge)
-            dist = np.square((res - mean) @ w).sum(axis=1)
-        if b < x.shape[1]:  # the other features' rows of the whitening are zero: their residuals do not count
-            mean, w = np.pad(mean, (0, x.shape[1] - b)), np.pad(w, ((0, x.shape[1] - b), (0, 0)))
-        self.set_noise((mean, w))
+        return x, np.concatenate(r)
 
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, s: dict[str, Any], gen: torch.Generator,
                progress: Callable[[dict[str, float]], None] | None) -> tuple[list[dict[str, float]], int, float]:
@@ -514,6 +513,22 @@ class VAEDetector(Detector):
                                   or noise[1].shape[1] > bands):
             raise ModelError(f"{where}: residual covariance arrays do not match the model's {bands} bands")
         return cls(module, meta["band_names"], offset, scale, meta, resolve_device(device), noise)
+
+
+def robust_noise(res: np.ndarray, keep: float, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and whitening matrix of residuals ``res`` (n, dim), robustly: concentration steps (as in the minimum
+    covariance determinant) from the ``keep`` fraction with the smallest squared norm, then the ``keep`` fraction
+    with the smallest Mahalanobis distance, so that anomalies do not inflate the covariance."""
+    from pipeline.detectors.rx import whitening
+
+    b = res.shape[1]
+    dist = np.square(res).sum(axis=1)
+    for _ in range(1 + NOISE_CSTEPS):
+        sel = res[dist <= np.quantile(dist, keep)]
+        mean = sel.mean(axis=0)
+        w = whitening(np.cov(sel, rowvar=False, bias=True).reshape(b, b), ridge)
+        dist = np.square((res - mean) @ w).sum(axis=1)
+    return mean, w
 
 
 def planned_epochs(n_train: int, s: dict[str, Any]) -> int:
