@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa import add_isa_option, rerun_for_isa_option  # noqa: E402 - the benchmarks' folder, after the path above
+from isa import parse_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
 
 PIXELS = 65_536  # one 256 x 256 block
 
@@ -229,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bands", default="64,224", help="band counts, comma-separated (default 64,224)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved rounds of the levers; the fastest counts")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for ~10-60 s)")
-    add_isa_option(p)
-    a = p.parse_args(argv)
-    rc = rerun_for_isa_option(p, a.isa, __file__, argv)
+    a, rc = parse_per_isa(p, __file__, argv)
     if rc is not None:
         return rc
     import torch

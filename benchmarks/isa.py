@@ -105,15 +105,14 @@ ISA_HELP = ("instruction sets to run under, comma-separated, each in a new proce
             "oneDNN, numpy held to AVX2: benchmarks/isa.py); default native")
 
 
-def add_isa_option(parser: argparse.ArgumentParser) -> None:
-    """The benchmarks' ``--isa`` option."""
+def parse_per_isa(parser: argparse.ArgumentParser, script: str,
+                  argv: list[str] | None) -> tuple[argparse.Namespace, int | None]:
+    """Add the benchmarks' ``--isa`` option to ``parser``, parse ``argv`` (None: this process's arguments), and
+    ``rerun_per_isa`` for its value: (the arguments, None) when this process is the run to make, else the reruns'
+    exit status."""
     parser.add_argument("--isa", default="native", help=ISA_HELP)
-
-
-def rerun_for_isa_option(parser: argparse.ArgumentParser, value: str, script: str,
-                         argv: list[str] | None) -> int | None:
-    """``rerun_per_isa`` for a parsed ``--isa`` value (``argv`` None: this process's arguments)."""
-    return rerun_per_isa(script, list(argv if argv is not None else sys.argv[1:]), isa_list(parser, value))
+    a = parser.parse_args(argv)
+    return a, rerun_per_isa(script, list(argv if argv is not None else sys.argv[1:]), isa_list(parser, a.isa))
 
 
 def rerun_per_isa(script: str, argv: list[str], isas: list[str]) -> int | None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa import add_isa_option, rerun_for_isa_option  # noqa: E402 - the benchmarks' folder, after the path above
+from isa import parse_per_isa  # noqa: E402 - the benchmarks' folder, after the path above
 
 
 def epochs_cpu(mode: str, x_train, x_val, settings: dict, bands: int) -> tuple[float, int]:
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixels", type=int, default=200_000, help="sample size (default 200000: 10 %% for validation)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per timed pass (default 3)")
     p.add_argument("--repeat", type=int, default=2, help="interleaved passes of each; the fastest counts")
-    add_isa_option(p)
-    a = p.parse_args(argv)
-    rc = rerun_for_isa_option(p, a.isa, __file__, argv)
+    a, rc = parse_per_isa(p, __file__, argv)
     if rc is not None:
         return rc
     import torch
