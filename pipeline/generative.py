@@ -35,7 +35,7 @@ from pipeline.errors import InputError, ModelError, OutputError, RsvaeWarning
 from pipeline.files import atomic_path
 from pipeline.raster import WindowReader, describe, open_raster, pixel_index, read_pixel
 from pipeline.scorer import Scorer
-from pipeline.streaming import with_margin
+from pipeline.streaming import Block, with_margin
 
 if TYPE_CHECKING:
     from pipeline.scoring import ScoreSummary
@@ -76,7 +76,8 @@ class LatentMeans(Scorer):
         self.outputs = tuple(f"latent_{i + 1}" for i in range(int(vae.architecture["latent"])))
 
     def score(self, pixels: np.ndarray, chunk: int = 65536, **_: Any) -> dict[str, np.ndarray]:
-        """Posterior means of ``pixels`` (n, bands): ``latent_i`` -> (n,) float32; sampling options are ignored."""
+        """Posterior means of ``pixels`` (n, bands; a context VAE's feature rows, n x (bands + components)):
+        ``latent_i`` -> (n,) float32; sampling options are ignored."""
         n = pixels.shape[0]
         mu = np.empty((len(self.outputs), n), np.float32)
         for i in range(0, n, chunk):
@@ -89,14 +90,7 @@ class LatentMeans(Scorer):
         where a pixel is invalid or has no valid pixel in its ring, as in its scores."""
         if not isinstance(self.vae, ContextVAEDetector):
             return super().score_block(data, valid)
-        self.vae.check_bands(data.shape[0], "input")
-        feats, ok = self.vae.features(data, valid)
-        out = {k: np.full(ok.shape, np.nan, np.float32) for k in self.outputs}
-        if ok.any():
-            mu = np.nan_to_num(self.vae.encode(feats.T)[0], nan=F32_MAX, posinf=F32_MAX, neginf=-F32_MAX)
-            for i, k in enumerate(self.outputs):
-                out[k][ok] = mu[:, i]
-        return out
+        return self.vae.per_pixel(data, valid, self.outputs, self.score)  # feature rows, encoded as pixels are
 
 
 def features(detector: Detector, tile: str | Path, out: str | Path, *, chunk: int = 65536,
@@ -178,13 +172,15 @@ def pixel_inputs(detector: Generative, tile: str | Path, row: int, col: int) -> 
     detector.check_bands(spectrum.size, str(tile))
     if not isinstance(detector, ContextVAEDetector):
         return spectrum
-    h = detector.halo
+    from pipeline.scoring import pad_to_halo
+
+    window = Window(col, row, 1, 1)
     with open_raster(tile) as ds:
-        grown, (rs, cs) = with_margin(Window(col, row, 1, 1), h, ds.width, ds.height)
+        grown, inner = with_margin(window, detector.halo, ds.width, ds.height)
         data, valid = WindowReader(ds).read(grown)
-    # pad to the full halo beyond the raster's edge (invalid there), as the streaming scorer does
-    pads = ((h - rs.start, h - (valid.shape[0] - rs.stop)), (h - cs.start, h - (valid.shape[1] - cs.stop)))
-    feats, ok = detector.features(np.pad(np.asarray(data, np.float32), ((0, 0), *pads)), np.pad(valid, pads))
+    # padded to the full halo beyond the raster's edge (invalid there), as the streaming scorer does
+    data, valid = pad_to_halo(Block(0, window, np.asarray(data, np.float32), valid, inner), detector.halo)
+    feats, ok = detector.features(data, valid)
     if not ok[0, 0]:
         raise InputError(f"{tile}: pixel (row {row}, col {col}) has no valid pixel in its ring (the context VAE "
                          f"needs its surroundings); pick another pixel")

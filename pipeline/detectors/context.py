@@ -17,7 +17,7 @@ part of its ring; one with no valid pixel in its ring is not scored (nodata).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -273,21 +273,28 @@ class ContextVAEDetector(Detector):
             feats[:, bands:] = sums[ok]
         return feats.T, ok
 
+    def per_pixel(self, data: np.ndarray, valid: np.ndarray, names: Sequence[str],
+                  fn: Callable[[np.ndarray], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """``fn`` of the features of the interior pixels of ``data`` (bands, rows, cols), which carries ``halo``
+        pixels of context per side: ``fn`` maps feature rows (n, bands + components) to (n,) arrays ``names``,
+        returned as (rows - 2·halo, cols - 2·halo) float32 arrays, NaN where a pixel is invalid or has no valid
+        pixel in its ring (its scores, its latent means)."""
+        self.check_bands(data.shape[0], "input")
+        feats, ok = self.features(data, valid)
+        out = {k: np.full(ok.shape, np.nan, np.float32) for k in names}
+        if ok.any():
+            terms = fn(feats.T)  # C-contiguous pixel rows
+            for k in names:
+                out[k][ok] = terms[k]
+        return out
+
     def score_block(self, data: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         """Score the interior of ``data`` (bands, rows, cols), which carries ``halo`` pixels of context per side.
 
         ``valid`` (rows, cols) marks the pixels that may be scored and serve as context; the result arrays are
         (rows - 2·halo, cols - 2·halo), NaN where a pixel is invalid or has no valid pixel in its ring.
         """
-        self.check_bands(data.shape[0], "input")
-        feats, ok = self.features(data, valid)
-        out = {k: np.full(ok.shape, np.nan, np.float32) for k in self.outputs}
-        if ok.any():
-            rows = feats.T
-            terms = self.vae.score(rows) if rows.flags.c_contiguous else self.vae.score_bands(feats)
-            for k in self.outputs:
-                out[k][ok] = terms[k]
-        return out
+        return self.per_pixel(data, valid, self.outputs, self.vae.score)
 
     # ---- generative side (``pipeline.generative``): the inner VAE's latent space; spectra are its spectrum part
     @property
