@@ -6,8 +6,10 @@ streams a raster without loading torch; fitted, saved detectors extend it in ``p
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -15,6 +17,11 @@ import numpy as np
 
 from pipeline import rarity
 from pipeline.errors import InputError
+
+#: A model folder's description (``detectors.base`` writes and checks it; read here too, without torch).
+META = "model.json"
+#: model.json is a few hundred kB at most; a far larger one is not an rsvae model.
+MAX_META_BYTES = 64 << 20
 
 
 class Scorer(ABC):
@@ -90,4 +97,28 @@ class Scorer(ABC):
 
     def rarity_table(self) -> rarity.RarityTable | None:
         """Score -> rarity, for Scorers with ``has_rarity``."""
+        return None
+
+
+def halo_of(kind: str, meta: Mapping[str, Any]) -> int:
+    """The halo of a detector of ``kind`` described by ``meta`` (its ``model.json``): half the outer window of
+    the detectors that score a pixel with its neighbourhood (the context VAE, local RX), 0 for the others. The
+    detectors' own ``halo`` is this, so the scorer can start reading a tile before torch and the model load."""
+    if kind == "context-vae":
+        return int(meta["context"]["windows"][1]) // 2
+    if kind == "lrx":
+        return int(meta["outer_window"]) // 2
+    return 0
+
+
+def saved_halo(folder: str | Path) -> int | None:
+    """``halo_of`` the model saved in ``folder``, from its description alone (no torch), or None where that
+    cannot be read: loading the model (``detectors.load_detector``) then says what is wrong with it."""
+    try:
+        path = Path(folder) / META
+        if path.stat().st_size > MAX_META_BYTES:
+            return None
+        meta = json.loads(path.read_bytes())
+        return halo_of(meta.get("detector"), meta)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
         return None

@@ -94,6 +94,7 @@ def score_raster(
     progress: Callable[[int], None] | None = None,
     readers: int = 2,
     scoring_path: str = "auto",
+    blocks: BlockReader | halo.RowBandReader | None = None,
 ) -> ScoreSummary:
     """Score every valid pixel of ``tile`` into a float32 COG at ``out`` (one band per detector output).
 
@@ -105,6 +106,8 @@ def score_raster(
     the calling thread: keep torch to one thread (the CLI's default) so it does not fight the readers for cores.
     ``scoring_path`` is handed to detectors with more than one (the VAE): ``folded``, ``layered``, or ``auto`` (the
     default) the faster of the two on this CPU; the path run is recorded in the raster's tags (``rsvae_scoring_path``).
+    ``blocks``: the tile's reader (``read_blocks(tile, detector.halo, readers)``), already started by the caller,
+    who also closes it: started before the model loads, it reads ahead while torch imports (``rsvae score``).
     """
     if mask_out is not None and fpr is None:
         raise UsageConflict("--mask-out needs --fpr (the false-alarm rate that sets the threshold)")
@@ -145,14 +148,11 @@ def score_raster(
                 writers.append(stack.enter_context(writer_like(
                     info, mask_out, 1, "uint8", MASK_NODATA, descriptions=["anomaly"], resampling="NEAREST",
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
-            margin = detector.halo
-            if margin:  # by row bands where they suit: each tile decoded once, not once per neighbouring window
-                blocks = stack.enter_context(halo.margin_reader(tile, windows, info.width, info.height, info.count,
-                                                                np.dtype(info.dtype).itemsize, margin=margin,
-                                                                threads=readers, pad=True))
-            else:
-                blocks = stack.enter_context(BlockReader(tile, windows, info.width, info.height, margin=margin,
-                                                         threads=readers))
+            if blocks is None:
+                blocks = stack.enter_context(_reader(tile, info, windows, detector.halo, readers))
+            elif blocks.margin != detector.halo or str(blocks.path) != str(tile):
+                raise ValueError(f"blocks read from {blocks.path} with a margin of {blocks.margin}: scoring {tile} "
+                                 f"needs a margin of {detector.halo}")
             sink = stack.enter_context(BlockWriter(writers))
             for block in blocks:
                 scores, valid = score_block(detector, block, nodata, options, rarity)
@@ -181,6 +181,24 @@ def score_raster(
     return ScoreSummary(str(tile), str(out), info.width * info.height, valid_total, time.perf_counter() - t0,
                         threshold, flagged if mask_out is not None else None,
                         finish_seconds=sum(w.finish_seconds for w in writers))
+
+
+def read_blocks(tile: str | Path, margin: int = 0, readers: int = 2) -> BlockReader | halo.RowBandReader:
+    """The reader ``score_raster`` streams ``tile`` with for a detector whose ``halo`` is ``margin``, not started
+    (use it as a context manager). Entered before the detector loads, its threads decode the first windows while
+    torch imports (a second of one core at start, when the other one has nothing else to do)."""
+    with open_raster(tile) as ds:
+        info = info_of(ds)
+        windows = iter_windows(ds)
+    return _reader(tile, info, windows, margin, readers)
+
+
+def _reader(tile: str | Path, info: Any, windows: Sequence[Any], margin: int,
+            readers: int) -> BlockReader | halo.RowBandReader:
+    if margin:  # by row bands where they suit: each tile decoded once, not once per neighbouring window
+        return halo.margin_reader(tile, windows, info.width, info.height, info.count, np.dtype(info.dtype).itemsize,
+                                  margin=margin, threads=readers, pad=True)
+    return BlockReader(tile, windows, info.width, info.height, threads=readers)
 
 
 def score_tiles(

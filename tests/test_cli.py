@@ -122,6 +122,29 @@ def test_score_layered_path_gives_the_same_scores(pipeline_run, tmp_path):
     run("score", work / "model", tile, "-o", tmp_path / "x.tif", "--scoring-path", "exact", code=2)
 
 
+def test_score_leaves_the_garbage_collector_on(pipeline_run, tmp_path, monkeypatch):
+    """`rsvae score` turns Python's cyclic garbage collector off while torch and the model load (a faster
+    start and exit); it is on again for the scoring, and after, in the same process."""
+    import gc
+
+    import pipeline.scoring
+
+    demo, work = pipeline_run
+    tile = sorted((demo / "test").glob("*.tif"))[0]
+    seen = []
+    real = pipeline.scoring.score_block
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.scoring, "score_block", spy)
+    run("score", work / "model", tile, "-o", tmp_path / "s.tif", "-q")
+    assert seen and all(seen) and gc.isenabled()
+    with rasterio.open(work / "scores" / tile.name) as a, rasterio.open(tmp_path / "s.tif") as b:
+        assert np.array_equal(a.read(), b.read())  # read ahead of the model: the same raster
+
+
 def test_score_old_path_names_warn_and_map(pipeline_run, tmp_path):
     """`--fast`/`--exact` and `score.fast` in a config, the old names, still work: one warning line naming the new
     one, the same path run (its tag); given with the new name, a usage error (exit 2)."""

@@ -13,6 +13,7 @@ from pipeline.detectors import ContextVAEDetector, VAEDetector, load_detector
 from pipeline.errors import ConfigError, ModelError
 from pipeline.neighbourhood import Scratch, block_ring_sums, ring_mean
 from pipeline.sample import ingest, load_sample
+from pipeline.scorer import saved_halo
 from pipeline.scoring import score_raster
 from pipeline.training import train
 from tests.conftest import FAST_TRAIN, write_tif
@@ -190,6 +191,7 @@ def test_context_model_round_trip_and_no_loose_pixels(tiled, tmp_path):
     det = load_detector(model)
     back = load_detector(det.save(tmp_path / "again"))
     h = det.halo
+    assert saved_halo(tmp_path / "again") == back.halo == h == det.windows[1] // 2 > 0  # read without torch
     block, valid = np.pad(img, ((0, 0), (h, h), (h, h))), np.pad((img != NODATA).all(axis=0), h)
     np.testing.assert_array_equal(back.score_block(block, valid)["score"], det.score_block(block, valid)["score"])
     with pytest.raises(ModelError, match="neighbourhood"):

@@ -12,6 +12,7 @@ from pipeline.config import load_config
 from pipeline.detectors import LRXDetector, RXDetector, load_detector
 from pipeline.errors import RsvaeWarning
 from pipeline.sample import BandStats
+from pipeline.scorer import saved_halo
 from pipeline.scoring import score_raster
 from tests.conftest import write_tif
 
@@ -122,6 +123,7 @@ def test_save_load_round_trip(kind, tmp_path):
     back = load_detector(tmp_path / "m")
     assert type(back) is kind and back.band_names == det.band_names
     h = det.halo
+    assert saved_halo(tmp_path / "m") == back.halo == h == (3 if kind is LRXDetector else 0)  # outer window 7
     block, valid = np.pad(img, ((0, 0), (h, h), (h, h))), np.pad(np.ones(img.shape[1:], bool), h)
     np.testing.assert_array_equal(back.score_block(block, valid)["score"], det.score_block(block, valid)["score"])
 

@@ -7,7 +7,8 @@ import rasterio
 from pipeline.detectors import load_detector
 from pipeline.detectors.base import Scorer
 from pipeline.errors import InputError
-from pipeline.scoring import score_raster
+from pipeline.scorer import saved_halo
+from pipeline.scoring import read_blocks, score_raster
 from tests.conftest import write_tif
 
 
@@ -104,6 +105,34 @@ def test_scores_identical_whatever_the_reader_threads(model_dir, demo, tmp_path)
             runs.append((ds.read(), [ds.tags(b) for b in (1, 2, 3, 4)]))
     for data, tags in runs[1:]:
         assert np.array_equal(data, runs[0][0]) and tags == runs[0][1]
+
+
+def test_blocks_read_ahead_score_as_blocks_read_by_the_scorer(model_dir, demo, tmp_path):
+    """``rsvae score`` starts reading a tile before torch loads: the same raster as reading it in score_raster,
+    and a reader with another margin than the detector's halo is refused, not used."""
+    det = load_detector(model_dir)
+    score_raster(det, demo.test[0], tmp_path / "plain.tif")
+    with read_blocks(demo.test[0], saved_halo(model_dir)) as ahead:
+        score_raster(det, demo.test[0], tmp_path / "ahead.tif", blocks=ahead)
+    with rasterio.open(tmp_path / "plain.tif") as a, rasterio.open(tmp_path / "ahead.tif") as b:
+        assert np.array_equal(a.read(), b.read()) and a.tags(1) == b.tags(1)
+    with read_blocks(demo.test[0], 2) as wrong, pytest.raises(ValueError, match="margin of 2.*margin of 0"):
+        score_raster(det, demo.test[0], tmp_path / "wrong.tif", blocks=wrong)
+    assert not (tmp_path / "wrong.tif").exists()
+    data, path = _tiled_raster(tmp_path)  # a halo detector: the margin reader, read ahead
+    score_raster(NeighbourSum(), path, tmp_path / "n_plain.tif")
+    with read_blocks(path, NeighbourSum.halo) as ahead:
+        score_raster(NeighbourSum(), path, tmp_path / "n_ahead.tif", blocks=ahead)
+    with rasterio.open(tmp_path / "n_plain.tif") as a, rasterio.open(tmp_path / "n_ahead.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+
+
+def test_saved_halo_reads_model_json_alone(model_dir, tmp_path):
+    assert saved_halo(model_dir) == load_detector(model_dir).halo == 0
+    assert saved_halo(tmp_path / "absent") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.json").write_text("{not json")
+    assert saved_halo(tmp_path / "bad") is None
 
 
 def test_generic_detector_without_fast_path(tmp_path):

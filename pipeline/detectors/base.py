@@ -26,11 +26,10 @@ from safetensors.torch import load_file, save_file
 from pipeline import __version__, rarity
 from pipeline.errors import ModelError, OutputError
 from pipeline.files import exchange, make_parent
-from pipeline.scorer import Scorer
+from pipeline.scorer import MAX_META_BYTES, META, Scorer
 
 MODEL_FORMAT = "rsvae-model/1"
 WEIGHTS = "weights.safetensors"
-META = "model.json"
 
 #: Quantile levels of held-out normal scores kept for thresholds: dense in the body, log-spaced in the tail.
 CALIBRATION_LEVELS = np.unique(np.concatenate([np.linspace(0.0, 0.99, 100), 1.0 - np.logspace(-2, -6, 41), [1.0]]))
@@ -156,10 +155,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-#: model.json is a few hundred kB at most; a far larger one is not an rsvae model.
-MAX_META_BYTES = 64 << 20
 
 
 def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -27,6 +27,7 @@ from pipeline.detectors.base import Detector
 from pipeline.detectors.vae import F32_MAX, NOISE_CSTEPS, VAEDetector, robust_noise
 from pipeline.errors import ConfigError, ModelError
 from pipeline.neighbourhood import Scratch, block_ring_sums, check_windows
+from pipeline.scorer import halo_of
 
 #: Sample ring means used to find the principal components (at most).
 PCA_PIXELS = 50_000
@@ -183,8 +184,8 @@ class ContextVAEDetector(Detector):
 
     @property
     def halo(self) -> int:
-        """Pixels of context needed on every side of a window: half the outer window."""
-        return self.windows[1] // 2
+        """Pixels of context needed on every side of a window: half the outer window (``scorer.halo_of``)."""
+        return halo_of(self.kind, self.meta)
 
     # ---- fitting
     @classmethod

@@ -19,6 +19,7 @@ import torch
 
 from pipeline.detectors.base import Detector
 from pipeline.errors import ConfigError, ModelError
+from pipeline.scorer import halo_of
 
 #: Pixels scored per batch by local RX (each needs its own covariance: bands² floats).
 LRX_BATCH = 256
@@ -119,8 +120,8 @@ class LRXDetector(Detector):
 
     @property
     def halo(self) -> int:
-        """Pixels of context needed on every side of a window: half the outer window."""
-        return self.outer // 2
+        """Pixels of context needed on every side of a window: half the outer window (``scorer.halo_of``)."""
+        return halo_of(self.kind, self.meta)
 
     @classmethod
     def fit(cls, pixels: np.ndarray, band_names: list[str], stats: Any, settings: dict[str, Any],
