@@ -409,16 +409,16 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
             describe(tiles[0])  # a tile that cannot be read stops here, with its own message
             ahead = stack.enter_context(read_blocks(tiles[0], halo))
         det = _load_model(model, s["device"], s["threads"])
-        _score(det, tiles, output, outdir, mask_out, mask_dir, quiet, verbose, s, ahead)
+        _score(det, tiles, many, output, outdir, mask_out, mask_dir, quiet, verbose, s, ahead)
 
 
-def _score(det: Any, tiles: tuple[str, ...], output: str | None, outdir: str | None, mask_out: str | None,
-           mask_dir: str | None, quiet: bool, verbose: bool, s: dict[str, Any], ahead: Any) -> None:
-    """``rsvae score`` once the model is loaded (``ahead``: the one tile's reader, started)."""
+def _score(det: Any, tiles: tuple[str, ...], many: bool, output: str | None, outdir: str | None,
+           mask_out: str | None, mask_dir: str | None, quiet: bool, verbose: bool, s: dict[str, Any],
+           ahead: Any) -> None:
+    """``rsvae score`` once the model is loaded (``many``: --outdir; ``ahead``: the one tile's reader, started)."""
     from pipeline.raster import describe
     from pipeline.scoring import score_raster, score_tiles
 
-    many = outdir is not None
     if verbose and det.scoring_path("folded") is not None:  # a detector with more than one scoring path (the VAE)
         path = ("the reference path (posterior samples)" if s["samples"] > 1
                 else det.scoring_path(s["scoring_path"]).describe())
