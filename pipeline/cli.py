@@ -388,7 +388,6 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
       rsvae score work/model demo/test/*.tif --outdir work/scores --mask-dir work/masks --fpr 0.001
     """
     from pipeline.cog_writer import check_distinct
-    from pipeline.raster import describe
     from pipeline.scorer import saved_halo
     from pipeline.scoring import read_blocks
 
@@ -405,8 +404,7 @@ def score(model: str, tiles: tuple[str, ...], output: str | None, outdir: str | 
         # margin the model reads them with; otherwise loading it says what is wrong)
         halo = None if many else saved_halo(model)
         ahead = None
-        if halo is not None:
-            describe(tiles[0])  # a tile that cannot be read stops here, with its own message
+        if halo is not None:  # (a tile that cannot be read stops here, with its own one-line error)
             ahead = stack.enter_context(read_blocks(tiles[0], halo))
         det = _load_model(model, s["device"], s["threads"])
         _score(det, tiles, many, output, outdir, mask_out, mask_dir, quiet, verbose, s, ahead)
