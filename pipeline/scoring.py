@@ -131,6 +131,9 @@ def score_raster(
                              ) from None
         check_crs(detector, info, tile)
         windows = iter_windows(ds)
+    if blocks is not None and (blocks.margin != detector.halo or str(blocks.path) != str(tile)):
+        raise ValueError(f"blocks read from {blocks.path} with a margin of {blocks.margin}: scoring {tile} needs a "
+                         f"margin of {detector.halo}")
     nodata = output_nodata(info)
     origin = detector.origin
     tags = {"rsvae_model": origin.get("path", ""), "rsvae_model_digest": origin.get("digest", ""),
@@ -150,9 +153,6 @@ def score_raster(
                     tags=dict(tags, rsvae_fpr=fpr, rsvae_threshold=threshold), hold=True)))
             if blocks is None:
                 blocks = stack.enter_context(_reader(tile, info, windows, detector.halo, readers))
-            elif blocks.margin != detector.halo or str(blocks.path) != str(tile):
-                raise ValueError(f"blocks read from {blocks.path} with a margin of {blocks.margin}: scoring {tile} "
-                                 f"needs a margin of {detector.halo}")
             sink = stack.enter_context(BlockWriter(writers))
             for block in blocks:
                 scores, valid = score_block(detector, block, nodata, options, rarity)
