@@ -235,6 +235,9 @@ class FoldedScorer:
             self.ml = as32(ml)
             self.decoder = [as32(_with_bias(w, b, ones=True)) for w, b, _ in decoder[:-1]]
             self.output = as32(_with_bias(w_out, b_out, ones=False))
+            # pixel-major input: the residual is formed in the input's own (n, bands) rows, ``x -= g.T @ W_out.T``
+            # (into the transposed view instead: 5-10 % slower with AVX2 kernels, ``benchmarks/inference_profile.py``)
+            self.output_t = None if band_major else self.output.T.contiguous()
             self.whiten = None if whiten_t is None else as32(whiten_t)
             # row blocks [a, b) of an upper-triangular factor, each times the residual's rows from a (dense: one)
             edges = whiten_blocks(B) if residual and upper is not None else [0, len(weights)]
@@ -290,7 +293,11 @@ class FoldedScorer:
         for w, buf in zip(self.decoder, reversed(v.hidden), strict=False):
             g = torch.mm(w, g, out=buf).relu_()
         with self.precision["output"]():
-            v.residual.addmm_(self.output, g, alpha=-1.0)  # in place (its sign does not matter to a square)
+            # in place (its sign does not matter to a square)
+            if self.band_major:
+                v.residual.addmm_(self.output, g, alpha=-1.0)
+            else:
+                v.xin.addmm_(g.T, self.output_t, alpha=-1.0)
         if self.whiten is not None:
             with self.precision["whiten"]():
                 self.whiten_into(v.residual, v.squares).square_()
