@@ -10,12 +10,15 @@ Builds (once, cached in --cache) a synthetic SIZE x SIZE x BANDS float32 GeoTIFF
   threads and with ``GDAL_NUM_THREADS=ALL_CPUS``: the faster counts), and with rsvae's reader in one thread and in
   two (it decodes a pixel-interleaved GeoTIFF's tiles itself, ``pipeline/tiffdecode.py``; ``--interleave band``
   builds band-interleaved rasters, which it reads through GDAL);
-- two I/O-only passes (read + write a 3-band float32 COG with rsvae's writer, no model): the plain loop the issue's
-  target 1b names (read a block with rsvae's ``WindowReader``, write a block, one thread; again the faster of
-  default and all GDAL threads), and
+- two I/O-only passes (read + write a float32 COG with as many bands as ``rsvae score`` writes, with rsvae's writer,
+  no model): the plain loop the issue's target 1b names (read a block with rsvae's ``WindowReader``, write a block,
+  one thread; again the faster of default and all GDAL threads; also writing 3 bands, the loop of tables before the
+  score raster's rarity band), and
   rsvae's threaded streaming scorer with a model that does nothing (a stricter baseline: it shows what the model's
   arithmetic costs on top of overlapped I/O);
-- ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster), and with
+- ``rsvae score`` with the default model, on both rasters (peak RSS must not grow with the raster; on the large one
+  with GDAL's default threads and with all, as the baselines: each side of a target's ratio is the fastest of as
+  many runs), and with
   ``--scoring-path layered`` (the layers one by one, for the folded path's figure);
 - in-memory scoring of 1 M pixels through the Python API, and PyOD's VAE ``decision_function`` on the same pixels
   (when pyod is installed: ``pip install rsvae[bench]``), both with one torch thread and both with torch's default
@@ -170,8 +173,9 @@ def stage_train(folder: str, n: int, bands: int, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- stages
-#: The null detector's outputs (the I/O-only loops write as many bands as rsvae score does).
-NULL_OUTPUTS = ("score", "reconstruction", "kl")
+#: The null detector's outputs: the I/O-only loops write as many bands as ``rsvae score`` does (a VAE's three outputs
+#: and the rarity band; ``report`` checks the two rasters' band counts agree).
+NULL_OUTPUTS = ("score", "reconstruction", "kl", "rarity")
 
 
 def null_detector(bands: int) -> object:
@@ -289,8 +293,9 @@ def _timed(f) -> float:
     return time.perf_counter() - t0
 
 
-def stage_io_plain(raster: str, out: str) -> dict:
-    """An I/O-only loop without any overlap: read a block, write a 3-band block with rsvae's writer, repeat."""
+def stage_io_plain(raster: str, out: str, bands: int = len(NULL_OUTPUTS)) -> dict:
+    """An I/O-only loop without any overlap: read a block, write a ``bands``-band block (band 1 in each) with rsvae's
+    writer, repeat."""
     from pipeline.cog_writer import output_nodata, writer_like
     from pipeline.raster import WindowReader, info_of, iter_windows, open_raster
 
@@ -299,10 +304,10 @@ def stage_io_plain(raster: str, out: str) -> dict:
         info = info_of(ds)
         nodata = output_nodata(info)
         reader = WindowReader(ds)
-        with writer_like(info, out, 3, "float32", nodata, descriptions=list(NULL_OUTPUTS)) as w:
+        with writer_like(info, out, bands, "float32", nodata, descriptions=list(NULL_OUTPUTS[:bands])) as w:
             for window in iter_windows(ds):
                 data, valid = reader.read(window)
-                block = np.full((3, *valid.shape), nodata, np.float32)
+                block = np.full((bands, *valid.shape), nodata, np.float32)
                 block[:, valid] = data[0][valid]
                 w.write(block, window)
     return {"seconds": time.perf_counter() - t0, "finish": w.finish_seconds}
@@ -447,8 +452,12 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
         "plain": [sys.executable, __file__, "--stage", "io_plain", str(raster), str(work / "plain.tif")],
         "plain_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "io_plain", str(raster),
                       str(work / "plain.tif")],
+        "plain3": [sys.executable, __file__, "--stage", "io_plain", str(raster), str(work / "plain3.tif"), "3"],
+        "plain3_all": [*ALL_GDAL_THREADS, sys.executable, __file__, "--stage", "io_plain", str(raster),
+                       str(work / "plain3.tif"), "3"],
         "io": [sys.executable, __file__, "--stage", "io", str(raster), str(work / "io.tif")],
         "score": [*rsvae, str(raster), "-o", str(work / "score.tif")],
+        "score_all": [*ALL_GDAL_THREADS, *rsvae, str(raster), "-o", str(work / "score.tif")],
         "score_layered": [*rsvae, "--scoring-path", "layered", str(raster), "-o", str(work / "score_layered.tif")],
         "score_half": [*rsvae, str(small), "-o", str(work / "score_half.tif")],
     }
@@ -460,12 +469,21 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
             old = best.get(key)
             best[key] = (min(wall, old[0]) if old else wall, max(rss, old[1]) if old else rss,
                          out if not old or wall < old[0] else old[2])
+    import rasterio
+
+    with rasterio.open(work / "score.tif") as s, rasterio.open(work / "plain.tif") as p:
+        if s.count != p.count:
+            raise SystemExit(f"the I/O-only loop wrote {p.count} bands but rsvae score {s.count}: update NULL_OUTPUTS")
     mpx = {k: (half**2 if k == "score_half" else px) / v[0] / 1e6 for k, v in best.items()}
     rss = {k: v[1] for k, v in best.items()}
-    finish = {k: json.loads(best[k][2].strip().splitlines()[-1])["finish"] for k in ("plain", "plain_all", "io")}
-    read_mpx, read2_mpx, plain_mpx, io_mpx, score_mpx = (mpx[k] for k in ("read", "read2", "plain", "io", "score"))
-    # the targets' baselines: the faster of GDAL's default threads and all
+    finish = {k: json.loads(best[k][2].strip().splitlines()[-1])["finish"]
+              for k in ("plain", "plain_all", "plain3", "plain3_all", "io")}
+    read_mpx, read2_mpx, plain_mpx, io_mpx = (mpx[k] for k in ("read", "read2", "plain", "io"))
+    # the targets' baselines: the faster of GDAL's default threads and all; rsvae score runs under both too
     base_read, base_plain = max(mpx["read"], mpx["read_all"]), max(mpx["plain"], mpx["plain_all"])
+    base_plain3 = max(mpx["plain3"], mpx["plain3_all"])
+    faster = "score" if mpx["score"] >= mpx["score_all"] else "score_all"
+    score_mpx = mpx[faster]
     rows.append(("read every block, one dataset handle (the targets' baseline)", f"{read_mpx:.2f}", "1.00",
                  f"{rss['read']:.0f}"))
     rows.append(("the same with GDAL_NUM_THREADS=ALL_CPUS", f"{mpx['read_all']:.2f}",
@@ -475,19 +493,25 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
                  f"{mpx['read1'] / read_mpx:.2f}", f"{rss['read1']:.0f}"))
     rows.append(("read every block with rsvae's reader (2 threads, a handle each)", f"{read2_mpx:.2f}",
                  f"{read2_mpx / read_mpx:.2f}", f"{rss['read2']:.0f}"))
-    rows.append((f"I/O-only, one plain loop: read a block, write a 3-band float32 block with rsvae's writer "
-                 f"(COG step {finish['plain']:.1f} s)", f"{plain_mpx:.2f}", f"{plain_mpx / read_mpx:.2f}",
-                 f"{rss['plain']:.0f}"))
+    bands = len(NULL_OUTPUTS)
+    rows.append((f"I/O-only, one plain loop: read a block, write a {bands}-band float32 block (as many bands as "
+                 f"`rsvae score` writes) with rsvae's writer (COG step {finish['plain']:.1f} s)", f"{plain_mpx:.2f}",
+                 f"{plain_mpx / read_mpx:.2f}", f"{rss['plain']:.0f}"))
     rows.append((f"the same with GDAL_NUM_THREADS=ALL_CPUS (COG step {finish['plain_all']:.1f} s)",
                  f"{mpx['plain_all']:.2f}", f"{mpx['plain_all'] / read_mpx:.2f}", f"{rss['plain_all']:.0f}"))
+    rows.append((f"the same loop writing 3 bands, as in tables before the rarity band (COG step "
+                 f"{finish['plain3']:.1f} s; with all GDAL threads {mpx['plain3_all']:.2f} Mpixel/s, COG step "
+                 f"{finish['plain3_all']:.1f} s)", f"{mpx['plain3']:.2f}", f"{mpx['plain3'] / read_mpx:.2f}",
+                 f"{rss['plain3']:.0f}"))
     rows.append((f"I/O-only through rsvae's streaming scorer with a model that does nothing "
                  f"(COG step {finish['io']:.1f} s)", f"{io_mpx:.2f}", f"{io_mpx / read_mpx:.2f}", f"{rss['io']:.0f}"))
-    rows.append(("`rsvae score`, default model", f"{score_mpx:.2f}", f"{score_mpx / read_mpx:.2f}",
-                 f"{rss['score']:.0f}"))
+    rows.append((f"`rsvae score`, default model (the faster of GDAL's default threads, {mpx['score']:.2f}, and all, "
+                 f"{mpx['score_all']:.2f})", f"{score_mpx:.2f}", f"{score_mpx / read_mpx:.2f}",
+                 f"{max(rss['score'], rss['score_all']):.0f}"))
     rows.append(("`rsvae score --scoring-path layered` (the layers one by one, for comparison)",
                  f"{mpx['score_layered']:.2f}", f"{mpx['score_layered'] / read_mpx:.2f}", f"{rss['score_layered']:.0f}"))
     rows.append((f"`rsvae score` on the {half}² raster", f"{mpx['score_half']:.2f}", "–", f"{rss['score_half']:.0f}"))
-    rss, rss_s = rss["score"], rss["score_half"]
+    rss, rss_s = max(rss["score"], rss["score_all"]), rss["score_half"]
 
     apis = {}
     for threads in (1, 0):
@@ -518,8 +542,9 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
                    f"read: {score_mpx / read2_mpx:.2f})"))
     checks.append((f"1b. `rsvae score` ≥ {TARGET_IO} × the I/O-only loop (read a block, write a block, no model; "
                    f"the faster of GDAL's default threads and all)", score_mpx >= TARGET_IO * base_plain,
-                   f"{score_mpx / base_plain:.2f} × (layered: {layered_mpx / base_plain:.2f} ×; × rsvae's threaded "
-                   f"streaming with a null model: {score_mpx / io_mpx:.2f})"))
+                   f"{score_mpx / base_plain:.2f} × (layered: {layered_mpx / base_plain:.2f} ×; × the loop writing 3 "
+                   f"bands: {score_mpx / base_plain3:.2f}; × rsvae's threaded streaming with a null model: "
+                   f"{score_mpx / io_mpx:.2f})"))
     checks.append(("2. peak RSS of `rsvae score` < 512 MiB, flat in raster size",
                    rss < TARGET_RSS_MIB and rss_s < TARGET_RSS_MIB and rss <= rss_s * 1.1 + 16,
                    f"{rss:.0f} MiB at {a.size}², {rss_s:.0f} MiB at {half}²"))
@@ -539,7 +564,6 @@ def report(a: argparse.Namespace, launcher: Launcher, work: Path) -> int:
                    "; ".join(f"{t['mpx_s']:.2f} Mpixel/s, {t['seconds']:.1f} s ({t['threads']} thread"
                              f"{'s' if t['threads'] > 1 else ''})" for t, _ in trainings)))
 
-    import rasterio
     import torch
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "GDAL_NUM_THREADS", "GDAL_CACHEMAX") if k in os.environ}
