@@ -236,7 +236,7 @@ class FoldedScorer:
             self.decoder = [as32(_with_bias(w, b, ones=True)) for w, b, _ in decoder[:-1]]
             self.output = as32(_with_bias(w_out, b_out, ones=False))
             # pixel-major input: the residual is formed in the input's own (n, bands) rows, ``x -= g.T @ W_out.T``
-            # (into the transposed view instead: 5-10 % slower with AVX2 kernels, ``benchmarks/inference_profile.py``)
+            # (into the transposed view instead: 4-6 % more CPU per pixel with AVX2 kernels, the same with AVX-512)
             self.output_t = None if band_major else self.output.T.contiguous()
             self.whiten = None if whiten_t is None else as32(whiten_t)
             # row blocks [a, b) of an upper-triangular factor, each times the residual's rows from a (dense: one)
